@@ -1,0 +1,14 @@
+# The two commands a new user needs: `make serve` and `make test` (each sets up .venv first).
+.PHONY: setup serve test unit bench
+
+setup:
+	./scripts/setup.sh
+
+serve: setup
+	.venv/bin/flip-reward serve
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+unit: setup
+	.venv/bin/python -m pytest -q tests/unit

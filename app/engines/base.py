@@ -1,0 +1,51 @@
+"""The one interface the scorer uses to talk to a language-model engine.
+
+An engine turns prompt token ids into text (reconstruction) or into per-token log-probabilities
+of the prompt itself (likelihood scoring). Prompt rendering and truncation happen above it, in
+the scorer, with the engine's tokenizer, so every engine sees exactly the same token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine is dead or shutting down: the request should fail with 503, not a reward."""
+
+
+class Engine(Protocol):
+    model_name: str
+    max_model_len: int
+
+    @property
+    def tokenizer(self) -> Any:
+        """A Hugging Face tokenizer (apply_chat_template, encode, decode)."""
+
+    async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
+        """Generate a completion. Cancelling the awaiting task aborts the engine request."""
+
+    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
+        """Log-probability of each prompt token given the ones before it (None for the first)."""
+
+    def is_healthy(self) -> bool:
+        """False once the engine has died; the service then reports not ready."""
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,103 @@
+"""The in-process vLLM engine (AsyncLLM): every concurrent request shares its continuous batching."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Any
+
+from app.config import Settings
+from app.engines.base import EngineUnavailable, Generation, GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    def __init__(self, llm: Any, model_name: str, max_model_len: int) -> None:
+        self._llm = llm
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self._tokenizer = llm.get_tokenizer()
+        self._ids = itertools.count()
+
+    @classmethod
+    def start(cls, model_path: str, settings: Settings, model_name: str | None = None) -> VLLMEngine:
+        # The CPU backend sizes its KV cache from this variable; it is ignored on GPUs.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model_path,
+            served_model_name=model_name,
+            max_model_len=settings.max_model_len,
+            dtype=settings.dtype,
+            enforce_eager=settings.enforce_eager,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_num_seqs=settings.max_num_seqs,
+            seed=settings.seed,
+            enable_prefix_caching=True,  # the system prompt is shared by every request
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        return cls(llm, model_name or model_path, settings.max_model_len)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _check_alive(self) -> None:
+        if self._llm.errored:
+            raise EngineUnavailable("the vLLM engine has stopped")
+
+    async def _final_output(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._check_alive()
+        final = None
+        try:
+            async for out in self._llm.generate(
+                {"prompt_token_ids": prompt_token_ids}, sampling_params, request_id=f"flip-{next(self._ids)}"
+            ):
+                final = out
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the vLLM engine died during the request") from exc
+        return final
+
+    async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            seed=params.seed if params.temperature > 0 else None,
+            stop=list(params.stop) or None,
+        )
+        out = await self._final_output(prompt_token_ids, sampling)
+        completion = out.outputs[0]
+        return Generation(
+            text=completion.text,
+            prompt_tokens=len(prompt_token_ids),
+            completion_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason,
+        )
+
+    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
+        from vllm import SamplingParams
+
+        # One prefill, one throw-away output token; prompt_logprobs=0 returns the logprob of the
+        # actual prompt token at every position.
+        out = await self._final_output(prompt_token_ids, SamplingParams(max_tokens=1, prompt_logprobs=0))
+        result: list[float | None] = []
+        for token_id, position in zip(prompt_token_ids, out.prompt_logprobs):
+            result.append(None if position is None else position[token_id].logprob)
+        return result
+
+    def is_healthy(self) -> bool:
+        return not self._llm.errored
+
+    def num_unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        self._llm.shutdown()

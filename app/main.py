@@ -1,0 +1,92 @@
+"""The FastAPI application: routers, error handlers, request ids and HTTP metrics, and a lifespan
+that loads the models in the background and shuts the engine down at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.api import health, reward
+from app.api.errors import install_error_handlers
+from app.config import Settings
+from app.service import FlipService, Status
+
+log = logging.getLogger(__name__)
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's X-Request-ID, or a new one), echoes it, and
+    records the HTTP metrics by route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode("latin-1")))
+            await send(message)
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(route=label, status=str(status)).inc()
+            metrics.REQUEST_LATENCY.labels(route=label).observe(time.perf_counter() - started)
+
+
+def create_app(
+    settings: Settings | None = None, service: FlipService | None = None, exit_on_load_failure: bool = False
+) -> FastAPI:
+    settings = settings or Settings()
+    service = service or FlipService(settings)
+
+    async def load_models() -> None:
+        await service.load()
+        if service.status == Status.FAILED and exit_on_load_failure:
+            os.kill(os.getpid(), signal.SIGTERM)  # let uvicorn stop cleanly; the exit shows the failure
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(load_models())
+        yield
+        loading.cancel()
+        await service.shutdown()
+
+    app = FastAPI(
+        title="flip-reward",
+        description="FLIP rewards: a small model infers the instruction behind a response; "
+        "the reward is how close that inferred instruction is to the real one.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(reward.router)
+    app.include_router(health.router)
+    return app

