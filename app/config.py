@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(96, ge=1, le=4096, description="Most tokens generated for one inferred instruction.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     seed: int = Field(0, description="Sampling seed (used when temperature > 0).")
-    dtype: str = Field("auto", description="vLLM dtype (auto, bfloat16, float16, float32).")
+    dtype: str = Field(
+        "auto", description="vLLM dtype (auto, bfloat16, float16, float32). auto: float32 on CPU (batch-invariant rewards), the model's dtype on GPU."
+    )
     enforce_eager: bool = Field(True, description="Skip CUDA-graph / compile warm-up (faster start).")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM share of GPU memory (GPU only).")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on the CPU backend, GiB.")

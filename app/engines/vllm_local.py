@@ -13,6 +13,18 @@ from app.engines.base import EngineUnavailable, Generation, GenerationParams
 log = logging.getLogger(__name__)
 
 
+def resolve_dtype(dtype: str) -> str:
+    """`auto` means float32 on the CPU backend. vLLM-CPU would otherwise run bfloat16, whose
+    rounding depends on the batch: the same item then gets a different greedy reconstruction (and
+    reward) depending on what it was batched with (measured: 9 of 16 items identical alone and in
+    a batch of 32 under bfloat16, 16 of 16 under float32). On a GPU `auto` is the model's dtype."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "auto" if torch.cuda.is_available() else "float32"
+
+
 class VLLMEngine:
     def __init__(self, llm: Any, model_name: str, max_model_len: int) -> None:
         self._llm = llm
@@ -32,7 +44,7 @@ class VLLMEngine:
             model=model_path,
             served_model_name=model_name,
             max_model_len=settings.max_model_len,
-            dtype=settings.dtype,
+            dtype=resolve_dtype(settings.dtype),
             enforce_eager=settings.enforce_eager,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,
