@@ -35,14 +35,12 @@ def _settings_from(args: argparse.Namespace, own: set[str]) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.main import create_app
+    from app.server import serve
 
     settings = _settings_from(args, set())
     app = create_app(settings, exit_on_load_failure=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+    serve(app, settings)  # uvicorn, draining in-flight requests on SIGTERM
     service = app.state.service
     if service.load_error:
         print(f"flip-reward: {service.load_error}", file=sys.stderr)

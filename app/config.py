@@ -7,10 +7,10 @@ lists the same fields as flags (see app/cli.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Similarity = Literal["f1", "embedding", "hybrid"]
 PromptMode = Literal["paper", "direct"]
@@ -68,8 +68,38 @@ class Settings(BaseSettings):
     # --- limits
     max_batch_items: int = Field(512, ge=1, description="Most items in one /batch_reward (more: 413).")
 
+    # --- remote engine (OpenAI-compatible servers, e.g. a vLLM fleet) and shutdown
+    engine: Literal["local", "remote"] = Field(
+        "local", description="local: vLLM in this process. remote: send generation to FLIP_REMOTE_URLS."
+    )
+    remote_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated base URLs of OpenAI-compatible servers (e.g. http://vllm:8000), used in turn.",
+    )
+    remote_model: str | None = Field(
+        None, description="Model name to request from the remote servers. Unset: the first one they list."
+    )
+    remote_max_concurrency: int = Field(64, ge=1, description="Most requests in flight to the remote servers.")
+    remote_timeout_s: float = Field(120.0, gt=0, description="Timeout of one remote request, seconds.")
+    remote_retries: int = Field(2, ge=0, description="Retries of a failed remote request (next URL, with backoff).")
+    remote_wait_s: float = Field(
+        600.0, ge=0, description="How long startup waits for a remote server to answer (the fleet may be loading)."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: how long in-flight requests may take to finish before the exit."
+    )
+
+    @field_validator("remote_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_tokens >= self.max_model_len:
             raise ValueError("max_tokens must be smaller than max_model_len")
+        if self.engine == "remote" and not self.remote_urls:
+            raise ValueError("engine=remote needs remote_urls (FLIP_REMOTE_URLS)")
         return self

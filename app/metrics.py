@@ -31,3 +31,9 @@ ITEM_ERRORS = Counter("flip_item_errors_total", "Items that got no reward (rewar
 REWARDS = Histogram(
     "flip_reward", "Rewards handed out.", buckets=tuple(round(i / 10, 1) for i in range(1, 11))
 )
+
+# Remote engine mode (app/engines/openai_remote.py): each attempt by server URL and outcome
+# (http_200, http_503, transport_error, ...).
+REMOTE_REQUESTS = Counter(
+    "flip_remote_requests_total", "Requests to remote OpenAI-compatible servers by URL and outcome.", ["url", "outcome"]
+)

@@ -11,9 +11,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# transformers' lazy imports are not thread-safe, and models load in worker threads side by side:
+# loaders that import transformers themselves (not vLLM's) take this lock.
+TRANSFORMERS_LOCK = threading.Lock()
 
 BUILTIN_LLM_NAME = "SmolLM2-135M-Instruct"
 BUILTIN_EMBEDDING_NAME = "all-MiniLM-L6-v2"

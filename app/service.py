@@ -16,7 +16,13 @@ from typing import Any
 from app.config import Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
-from app.models import BUILTIN_EMBEDDING_NAME, BUILTIN_LLM_NAME, resolve_embedding_model, resolve_llm
+from app.models import (
+    BUILTIN_EMBEDDING_NAME,
+    BUILTIN_LLM_NAME,
+    TRANSFORMERS_LOCK,
+    resolve_embedding_model,
+    resolve_llm,
+)
 from app.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -36,15 +42,25 @@ def load_vllm_engine(settings: Settings) -> Engine:
     return VLLMEngine.start(path, settings, model_name=settings.model or BUILTIN_LLM_NAME)
 
 
+def load_engine(settings: Settings) -> Engine:
+    """The engine FLIP_ENGINE names: vLLM in this process, or remote OpenAI-compatible servers."""
+    if settings.engine == "remote":
+        from app.engines.openai_remote import RemoteEngine
+
+        return RemoteEngine.start(settings)
+    return load_vllm_engine(settings)
+
+
 def load_embedder(settings: Settings) -> Embedder:
-    return Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
+    with TRANSFORMERS_LOCK:  # the remote engine's tokenizer may be loading beside it
+        return Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
 
 
 class FlipService:
     def __init__(
         self,
         settings: Settings,
-        engine_factory: Callable[[Settings], Engine] = load_vllm_engine,
+        engine_factory: Callable[[Settings], Engine] = load_engine,
         embedder_factory: Callable[[Settings], Any] = load_embedder,
     ) -> None:
         self.settings = settings
@@ -103,6 +119,11 @@ class FlipService:
             "limits": {"max_batch_items": s.max_batch_items, "max_model_len": s.max_model_len},
             "load_seconds": self.load_seconds,
         }
+
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: /ready answers 503 and new scoring requests are refused with 503,
+        while the ones in flight go on."""
+        self.status = Status.STOPPING
 
     async def shutdown(self) -> None:
         self.status = Status.STOPPING
