@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Similarity = Literal["f1", "embedding", "hybrid"]
+Method = Literal["generate", "likelihood", "judge"]
 PromptMode = Literal["paper", "direct"]
 
 
@@ -57,6 +58,28 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Weight of the embedding cosine in hybrid (the rest is F1)."
     )
     strip_think: bool = Field(True, description="Remove <think>...</think> from responses before reconstruction.")
+
+    # --- reward method and guard (see README, "Reward quality")
+    method: Method = Field(
+        "likelihood",
+        description="generate: infer an instruction, compare it (the paper). likelihood: score the real "
+        "instruction's log-probability given the response (one prefill). judge: 1-10 LLM-judge baseline.",
+    )
+    likelihood_baseline: Literal["none", "pmi"] = Field(
+        "pmi",
+        description="likelihood: none scores log p(instruction | response); pmi subtracts log p(instruction) "
+        "without the response.",
+    )
+    likelihood_scale: float = Field(
+        1.0, gt=0.0, description="likelihood: reward = sigmoid(per-token score / scale) (pmi) or exp(score) (none)."
+    )
+    max_instruction_tokens: int = Field(256, ge=8, description="Instruction tokens scored by likelihood (the rest cut).")
+    copy_guard: bool = Field(
+        True,
+        description="Do not credit instruction words the response copies verbatim (runs of copy_guard_words), "
+        "the restate-the-instruction hack.",
+    )
+    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words the guard discounts.")
 
     # --- similarity model (sentence-transformers)
     embedding_model: str | None = Field(

@@ -32,6 +32,15 @@ class WordTokenizer:
             ids.append(self.vocab[word])
         return ids
 
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False):
+        import re
+
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        out = {"input_ids": self.encode(text)}
+        if return_offsets_mapping:
+            out["offset_mapping"] = spans
+        return out
+
     def decode(self, ids: list[int]) -> str:
         return " ".join(self.words[i] for i in ids)
 
@@ -67,7 +76,11 @@ class FakeEngine:
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
     async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
-        return [None] + [-1.0] * (len(prompt_token_ids) - 1)
+        """A copying model: a word seen earlier in the prompt is likely (-0.1), a new one is not (-3)."""
+        if not self.healthy:
+            raise EngineUnavailable("fake engine is down")
+        self.calls.append(prompt_token_ids)
+        return [None] + [-0.1 if t in prompt_token_ids[:i] else -3.0 for i, t in enumerate(prompt_token_ids) if i > 0]
 
     def is_healthy(self) -> bool:
         return self.healthy

@@ -14,6 +14,7 @@ from app.api.schemas import (
     RewardResponse,
     RewardResult,
     ScoringOptions,
+    Likelihood,
     Similarities,
     Usage,
 )
@@ -38,9 +39,13 @@ def _to_item(item: RewardItem) -> ScoreItem:
 def _to_result(result: ItemResult, details: bool) -> RewardResult:
     return RewardResult(
         id=result.id,
+        method=result.method,
         reward=result.reward,
         inferred_instruction=result.inferred_instruction,
         similarities=Similarities(**result.similarities) if result.similarities else None,
+        likelihood=Likelihood(**result.likelihood) if result.likelihood else None,
+        judge_score=result.judge_score,
+        copied_fraction=result.copied_fraction,
         parsed=result.parsed,
         truncated=result.truncated,
         usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
@@ -51,11 +56,17 @@ def _to_result(result: ItemResult, details: bool) -> RewardResult:
 
 async def _score(service: FlipService, items: list[RewardItem], options: ScoringOptions) -> list[ItemResult]:
     metrics.ITEMS_PER_REQUEST.observe(len(items))
-    score_options = ScoreOptions(
-        similarity=options.similarity or service.settings.similarity,
-        prompt_mode=service.settings.prompt_mode,
+    return await service.scorer.score([_to_item(i) for i in items], score_options(service, options))
+
+
+def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions:
+    """Per-request options over the server defaults."""
+    defaults = service.settings
+    return ScoreOptions(
+        similarity=options.similarity or defaults.similarity,
+        prompt_mode=options.prompt_mode or defaults.prompt_mode,
+        method=options.method or defaults.method,
     )
-    return await service.scorer.score([_to_item(i) for i in items], score_options)
 
 
 @router.post("/reward", response_model=RewardResponse, response_model_exclude_none=False)
@@ -82,6 +93,7 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewar
     results = await _score(service, body.items, body)
     return BatchRewardResponse(
         model=service.engine.model_name,
+        method=body.method or service.settings.method,
         similarity=body.similarity or service.settings.similarity,
         prompt_version=PROMPT_VERSION,
         rewards=[r.reward for r in results],

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from app.config import Similarity
+from app.config import Method, PromptMode, Similarity
 
 
 def _not_blank(value: str) -> str:
@@ -73,7 +73,17 @@ class RewardItem(BaseModel):
 
 
 class ScoringOptions(BaseModel):
-    similarity: Similarity | None = Field(None, description="f1, embedding or hybrid; unset: the server default.")
+    method: Method | None = Field(
+        None,
+        description="generate (infer the instruction, compare), likelihood (log-probability of the real "
+        "instruction given the response) or judge (1-10 LLM-judge baseline); unset: the server default.",
+    )
+    similarity: Similarity | None = Field(
+        None, description="generate only: f1, embedding or hybrid; unset: the server default."
+    )
+    prompt_mode: PromptMode | None = Field(
+        None, description="generate only: paper (reasoning + JSON) or direct; unset: the server default."
+    )
     details: bool = Field(False, description="Include the model's raw output in each result.")
 
 
@@ -115,11 +125,25 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+class Likelihood(BaseModel):
+    conditional: float | None = Field(description="Mean log-probability per scored instruction token, given the response.")
+    unconditional: float | None = Field(description="The same without the response (pmi baseline only).")
+    pmi: float | None = Field(None, description="conditional - unconditional.")
+    scored_tokens: int
+    copied_tokens: int = Field(description="Instruction tokens the response copied verbatim (not credited).")
+
+
 class RewardResult(BaseModel):
     id: str | None
+    method: Method
     reward: float | None = Field(description="In [0, 1]; null when this item could not be scored (see error).")
-    inferred_instruction: str | None
-    similarities: Similarities | None
+    inferred_instruction: str | None = Field(description="generate: the instruction the model inferred.")
+    similarities: Similarities | None = Field(description="generate: every similarity; reward is the chosen one.")
+    likelihood: Likelihood | None = Field(None, description="likelihood: the log-probabilities behind the reward.")
+    judge_score: int | None = Field(None, description="judge: the 1-10 score.")
+    copied_fraction: float | None = Field(
+        None, description="Share of the instruction the response copies verbatim; the guard does not credit it."
+    )
     parsed: bool | None = Field(description="False when no instruction could be parsed and raw text was compared.")
     truncated: bool = Field(description="True when the response (or context) was cut to fit the model.")
     usage: Usage
@@ -135,6 +159,7 @@ class RewardResponse(RewardResult):
 
 class BatchRewardResponse(BaseModel):
     model: str
+    method: Method
     similarity: Similarity
     prompt_version: str
     rewards: list[float | None] = Field(description="One per item, in input order.")

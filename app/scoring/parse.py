@@ -104,3 +104,14 @@ def parse_direct(raw: str) -> ParsedInstruction:
         text = labelled
     cleaned = _clean(text)
     return ParsedInstruction(cleaned, parsed=bool(cleaned))
+
+
+_SCORE = re.compile(r"(?<![\d.])(10|[1-9])(?:\s*(?:/|out of)\s*10)?(?!\d|\.\d)")
+
+
+def parse_judge_score(raw: str) -> int | None:
+    """The first score 1-10 in a judge's output ("8", "Rating: 7/10", "**9** out of 10"), or None."""
+    text = strip_think(raw)
+    for match in _SCORE.finditer(text):
+        return int(match.group(1))
+    return None

@@ -73,3 +73,46 @@ def build_reconstruction_prompt(
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
     prefix = '{"REASONING": "' if mode == "paper" else ""
     return Prompt(messages=messages, answer_prefix=prefix)
+
+
+# --- backward likelihood: score the real instruction as the model's answer, no decoding
+
+_SYSTEM_LIKELIHOOD = (
+    "You reconstruct instructions. Given a response written by an AI assistant, write the user "
+    "instruction that most plausibly produced it."
+)
+# Stands in for the response when measuring how likely the instruction is on its own (the PMI baseline).
+NO_RESPONSE = "(no response)"
+
+
+def build_likelihood_prompt(response: str, context: list[dict[str, str]] | None = None) -> Prompt:
+    """Messages after which the real instruction is scored token by token as the assistant's reply."""
+    parts = []
+    if context:
+        parts.append(f"Earlier conversation, for context only:\n{_render_context(context)}")
+    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append("What was the instruction?")
+    messages = [
+        {"role": "system", "content": _SYSTEM_LIKELIHOOD},
+        {"role": "user", "content": "\n\n".join(parts)},
+    ]
+    return Prompt(messages=messages)
+
+
+# --- LLM-as-a-judge baseline (the paper's main comparison): a pointwise 1-10 score
+
+_SYSTEM_JUDGE = (
+    "You are a strict judge of AI assistant answers. Rate how well the response answers the "
+    "user's instruction: helpful, correct, complete and following every constraint."
+)
+
+
+def build_judge_prompt(instruction: str, response: str, context: list[dict[str, str]] | None = None) -> Prompt:
+    parts = []
+    if context:
+        parts.append(f"Earlier conversation:\n{_render_context(context)}")
+    parts.append(f"Instruction:\n\"\"\"\n{instruction}\n\"\"\"")
+    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append("Rate the response from 1 (useless) to 10 (excellent). Reply with the number only.")
+    messages = [{"role": "system", "content": _SYSTEM_JUDGE}, {"role": "user", "content": "\n\n".join(parts)}]
+    return Prompt(messages=messages, answer_prefix="Rating: ")

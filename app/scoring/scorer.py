@@ -1,10 +1,15 @@
 """A batch of (instruction, response) items in, one result per item out.
 
-The path for each item: clean the response -> build the reconstruction prompt -> fit it into
-the model's context -> engine generates -> parse the inferred instruction -> similarity with
-the real instruction -> reward. All items of a batch go to the engine at once, so they share
-its continuous batching; similarities are computed with one embedding call per batch.
+Three methods, all served by the same engine:
 
+- generate (the paper): clean the response -> reconstruction prompt -> fit it into the context ->
+  the engine generates -> parse the inferred instruction -> similarity with the real one.
+- likelihood (backward likelihood): one prefill scores the real instruction token by token as the
+  model's answer to "what was the instruction?" after the response; optionally minus the same
+  without the response (pointwise mutual information). Nothing to decode or parse.
+- judge: the LLM-as-a-judge baseline, a 1-10 score from the same model.
+
+All items of a batch go to the engine at once, so they share its continuous batching.
 Nothing here knows about HTTP. A per-item failure becomes `reward=None` with an `error`;
 a dead engine raises EngineUnavailable for the whole batch.
 """
@@ -13,15 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import metrics
-from app.config import PromptMode, Settings, Similarity
+from app.config import Method, PromptMode, Settings, Similarity
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
-from app.scoring.parse import parse_direct, parse_instruction, strip_think
-from app.scoring.prompts import build_reconstruction_prompt
+from app.scoring import guards
+from app.scoring.parse import parse_direct, parse_instruction, parse_judge_score, strip_think
+from app.scoring.prompts import (
+    NO_RESPONSE,
+    Prompt,
+    build_judge_prompt,
+    build_likelihood_prompt,
+    build_reconstruction_prompt,
+)
 from app.scoring.similarity import hybrid, paired_cosine_01, word_f1
 
 log = logging.getLogger(__name__)
@@ -29,6 +44,7 @@ log = logging.getLogger(__name__)
 # Tokens kept free between the prompt and the context limit: decoding a cut response and
 # encoding it again can change the token count by a few.
 _FIT_MARGIN = 8
+_JUDGE_MAX_TOKENS = 8
 
 
 @dataclass(frozen=True)
@@ -43,14 +59,19 @@ class ScoreItem:
 class ScoreOptions:
     similarity: Similarity
     prompt_mode: PromptMode
+    method: Method = "generate"
 
 
 @dataclass
 class ItemResult:
     id: str | None
+    method: Method = "generate"
     reward: float | None = None
     inferred_instruction: str | None = None
     similarities: dict[str, float] | None = None
+    likelihood: dict[str, float | int | None] | None = None
+    judge_score: int | None = None
+    copied_fraction: float | None = None
     parsed: bool | None = None
     truncated: bool = False
     prompt_tokens: int = 0
@@ -60,11 +81,19 @@ class ItemResult:
 
 
 @dataclass
-class _Prepared:
+class _Fitted:
+    """A prompt rendered to token ids that fits the context, or the reason it could not."""
+
     token_ids: list[int] = field(default_factory=list)
     answer_prefix: str = ""
+    response: str = ""
+    context: list[dict[str, str]] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
 
 
 class Scorer:
@@ -72,64 +101,94 @@ class Scorer:
         self.engine = engine
         self.embedder = embedder
         self.settings = settings
+        # log p(instruction) without a response, per instruction: a GRPO group shares it.
+        self._unconditional: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
 
-    # --- step 1: prompts (runs in a worker thread: tokenizing long responses is CPU work)
+    # --- prompts (run in a worker thread: tokenizing long responses is CPU work)
 
-    def _render(self, response: str, context: list[dict[str, str]], mode: PromptMode) -> tuple[list[int], str]:
-        prompt = build_reconstruction_prompt(response, context, mode)
+    def _render(self, prompt: Prompt) -> list[int]:
         tokenizer = self.engine.tokenizer
         text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer.encode(text + prompt.answer_prefix, add_special_tokens=False)
-        return ids, prompt.answer_prefix
+        return tokenizer.encode(text + prompt.answer_prefix, add_special_tokens=False)
 
-    def _prepare(self, item: ScoreItem, mode: PromptMode) -> _Prepared:
-        response = strip_think(item.response) if self.settings.strip_think else item.response.strip()
+    def _clean(self, response: str) -> str:
+        return strip_think(response) if self.settings.strip_think else response.strip()
+
+    def _fit(self, build: Callable[[str, list[dict[str, str]]], Prompt], item: ScoreItem, budget: int) -> _Fitted:
+        """Render build(response, context) within `budget` tokens: drop the oldest context turns
+        first, then cut the tail of the response (its opening says most about what was asked)."""
+        response = self._clean(item.response)
         if not response:
-            return _Prepared(error="response is empty after removing <think> blocks")
+            return _Fitted(error="response is empty after removing <think> blocks")
         context = list(item.context)
-        budget = self.engine.max_model_len - self.settings.max_tokens
         truncated = False
         while True:
-            ids, prefix = self._render(response, context, mode)
+            prompt = build(response, context)
+            ids = self._render(prompt)
             if len(ids) <= budget:
-                return _Prepared(token_ids=ids, answer_prefix=prefix, truncated=truncated)
+                return _Fitted(ids, prompt.answer_prefix, response, context, truncated)
             truncated = True
-            if context:  # the oldest turns matter least for the last instruction
+            if context:
                 context.pop(0)
                 continue
-            # Keep the head of the response: its opening says most about what was asked.
             response_ids = self.engine.tokenizer.encode(response, add_special_tokens=False)
             keep = len(response_ids) - (len(ids) - budget) - _FIT_MARGIN
             if keep <= 0:
-                return _Prepared(error="the prompt does not fit the model's context even without the response")
+                return _Fitted(error="the prompt does not fit the model's context even without the response")
             response = self.engine.tokenizer.decode(response_ids[:keep])
 
-    # --- step 2: reconstruction
+    def _copy_spans(self, item: ScoreItem) -> list[tuple[int, int]]:
+        if not self.settings.copy_guard:
+            return []
+        return guards.copied_spans(item.instruction, self._clean(item.response), self.settings.copy_guard_words)
 
-    async def _generate(self, prepared: _Prepared) -> Generation:
-        started = time.perf_counter()
-        generation = await self.engine.generate(
-            prepared.token_ids,
-            GenerationParams(
-                max_tokens=self.settings.max_tokens,
-                temperature=self.settings.temperature,
-                seed=self.settings.seed,
-            ),
-        )
-        metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
-        return generation
-
-    # --- the whole path
+    # --- the entry point
 
     async def score(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
-        mode = options.prompt_mode
-        prepared = await asyncio.to_thread(lambda: [self._prepare(item, mode) for item in items])
-        results = [ItemResult(id=item.id, truncated=p.truncated, error=p.error) for item, p in zip(items, prepared)]
+        method = {"generate": self._generate_all, "likelihood": self._likelihood_all, "judge": self._judge_all}
+        results = await method[options.method](items, options)
+        for result in results:
+            result.method = options.method
+            if result.error:
+                metrics.ITEM_ERRORS.labels(type=result.error.split(":")[0]).inc()
+            else:
+                metrics.REWARDS.observe(result.reward)
+            if result.truncated:
+                metrics.TRUNCATED_ITEMS.inc()
+        return results
 
-        todo = [i for i, p in enumerate(prepared) if p.error is None]
-        outputs = await asyncio.gather(*(self._generate(prepared[i]) for i in todo), return_exceptions=True)
-        if any(isinstance(out, EngineUnavailable) for out in outputs):
-            raise next(out for out in outputs if isinstance(out, EngineUnavailable))
+    async def _run(self, calls: list) -> list:
+        """Await engine calls together; a dead engine fails the whole batch, other errors stay per item."""
+        outputs = await asyncio.gather(*calls, return_exceptions=True)
+        for out in outputs:
+            if isinstance(out, EngineUnavailable):
+                raise out
+        return outputs
+
+    async def _timed_generate(self, token_ids: list[int], params: GenerationParams) -> Generation:
+        started = time.perf_counter()
+        generation = await self.engine.generate(token_ids, params)
+        metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
+        metrics.PROMPT_TOKENS.inc(generation.prompt_tokens)
+        metrics.GENERATED_TOKENS.inc(generation.completion_tokens)
+        return generation
+
+    # --- generate: the paper's method
+
+    async def _generate_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
+        mode = options.prompt_mode
+        budget = self.engine.max_model_len - self.settings.max_tokens
+
+        def build(response: str, context: list[dict[str, str]]) -> Prompt:
+            return build_reconstruction_prompt(response, context, mode)
+
+        fitted = await asyncio.to_thread(lambda: [self._fit(build, item, budget) for item in items])
+        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
+        todo = [i for i, f in enumerate(fitted) if f.error is None]
+        params = GenerationParams(
+            max_tokens=self.settings.max_tokens, temperature=self.settings.temperature, seed=self.settings.seed
+        )
+        outputs = await self._run([self._timed_generate(fitted[i].token_ids, params) for i in todo])
 
         scored: list[int] = []
         for i, out in zip(todo, outputs):
@@ -138,30 +197,19 @@ class Scorer:
                 log.warning("engine failed on item %d: %r", i, out)
                 result.error = f"engine error: {type(out).__name__}"
                 continue
-            raw = prepared[i].answer_prefix + out.text
+            raw = fitted[i].answer_prefix + out.text
             parsed = parse_instruction(raw) if mode == "paper" else parse_direct(raw)
             result.raw_output = raw
             result.prompt_tokens, result.completion_tokens = out.prompt_tokens, out.completion_tokens
-            result.parsed = parsed.parsed
-            result.inferred_instruction = parsed.instruction
-            metrics.PROMPT_TOKENS.inc(out.prompt_tokens)
-            metrics.GENERATED_TOKENS.inc(out.completion_tokens)
+            result.parsed, result.inferred_instruction = parsed.parsed, parsed.instruction
             if not parsed.parsed:
                 metrics.PARSE_FAILURES.inc()
-            if result.truncated:
-                metrics.TRUNCATED_ITEMS.inc()
             if not parsed.instruction:
                 result.error = "the model produced no text to compare"
                 continue
             scored.append(i)
-
         if scored:
             await self._similarities([items[i] for i in scored], [results[i] for i in scored], options)
-        for result in results:
-            if result.error:
-                metrics.ITEM_ERRORS.labels(type=result.error.split(":")[0]).inc()
-            else:
-                metrics.REWARDS.observe(result.reward)
         return results
 
     async def _similarities(self, items: list[ScoreItem], results: list[ItemResult], options: ScoreOptions) -> None:
@@ -175,5 +223,111 @@ class Scorer:
             sims = {"f1": f1, "embedding": float(cosine)}
             sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
             result.similarities = sims
-            result.reward = sims[options.similarity]
+            # Guard: the share of the instruction the response pasted in earns nothing.
+            copied = guards.copied_fraction(item.instruction, self._copy_spans(item))
+            result.copied_fraction = copied
+            result.reward = sims[options.similarity] * (1.0 - copied)
         metrics.SIMILARITY_LATENCY.observe(time.perf_counter() - started)
+
+    # --- likelihood: backward likelihood of the real instruction
+
+    def _prepare_likelihood(self, item: ScoreItem) -> tuple[_Fitted, list[int], list[int], list[bool]]:
+        tokenizer = self.engine.tokenizer
+        instruction = item.instruction.strip()
+        encoded = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)
+        limit = self.settings.max_instruction_tokens
+        instruction_ids = list(encoded["input_ids"])[:limit]
+        offsets = [tuple(o) for o in encoded["offset_mapping"]][:limit]
+        keep = guards.token_mask(instruction, offsets, self._copy_spans(ScoreItem(instruction, item.response)))
+        budget = self.engine.max_model_len - len(instruction_ids) - 1
+        fitted = self._fit(build_likelihood_prompt, item, budget)
+        unconditional_head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
+        return fitted, instruction_ids, unconditional_head + instruction_ids, keep
+
+    async def _instruction_logprobs(self, token_ids: list[int], n: int) -> list[float]:
+        logprobs = await self.engine.prompt_logprobs(token_ids)
+        metrics.PROMPT_TOKENS.inc(len(token_ids))
+        return [lp if lp is not None else 0.0 for lp in logprobs[-n:]]
+
+    async def _unconditional_logprobs(self, token_ids: list[int], n: int) -> list[float]:
+        key = tuple(token_ids)
+        if key not in self._unconditional:
+            self._unconditional[key] = await self._instruction_logprobs(token_ids, n)
+            while len(self._unconditional) > 4096:
+                self._unconditional.popitem(last=False)
+        self._unconditional.move_to_end(key)
+        return self._unconditional[key]
+
+    async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
+        prepared = await asyncio.to_thread(lambda: [self._prepare_likelihood(item) for item in items])
+        results = [ItemResult(id=item.id, truncated=p[0].truncated, error=p[0].error) for item, p in zip(items, prepared)]
+        todo = [i for i, p in enumerate(prepared) if p[0].error is None]
+        use_pmi = self.settings.likelihood_baseline == "pmi"
+        conditional = self._run(
+            [self._instruction_logprobs(prepared[i][0].token_ids + prepared[i][1], len(prepared[i][1])) for i in todo]
+        )
+        unconditional = self._run(
+            [self._unconditional_logprobs(prepared[i][2], len(prepared[i][1])) for i in todo] if use_pmi else []
+        )
+        started = time.perf_counter()
+        cond_out, uncond_out = await asyncio.gather(conditional, unconditional)
+        metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
+        for n, i in enumerate(todo):
+            result, (fitted, instruction_ids, _, keep) = results[i], prepared[i]
+            cond = cond_out[n]
+            uncond = uncond_out[n] if use_pmi else None
+            failed = next((x for x in (cond, uncond) if isinstance(x, BaseException)), None)
+            if failed is not None:
+                log.warning("engine failed on item %d: %r", i, failed)
+                result.error = f"engine error: {type(failed).__name__}"
+                continue
+            result.prompt_tokens = len(fitted.token_ids) + len(instruction_ids)
+            result.copied_fraction = 1.0 - sum(keep) / len(keep) if keep else 0.0
+            scored = [k for k, kept in enumerate(keep) if kept]
+            mean_cond = sum(cond[k] for k in scored) / len(scored) if scored else None
+            mean_uncond = sum(uncond[k] for k in scored) / len(scored) if (scored and uncond) else None
+            result.likelihood = {
+                "conditional": mean_cond,
+                "unconditional": mean_uncond,
+                "scored_tokens": len(scored),
+                "copied_tokens": len(keep) - len(scored),
+            }
+            if not scored:
+                result.reward = 0.0  # the response only restates the instruction: nothing it implies
+            elif use_pmi:
+                pmi = mean_cond - mean_uncond
+                result.likelihood["pmi"] = pmi
+                result.reward = _sigmoid(pmi / self.settings.likelihood_scale)
+            else:
+                result.reward = math.exp(mean_cond / self.settings.likelihood_scale)
+        return results
+
+    # --- judge: the LLM-as-a-judge baseline
+
+    async def _judge_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
+        budget = self.engine.max_model_len - _JUDGE_MAX_TOKENS
+
+        def fit(item: ScoreItem) -> _Fitted:
+            return self._fit(lambda r, c: build_judge_prompt(item.instruction, r, c), item, budget)
+
+        fitted = await asyncio.to_thread(lambda: [fit(item) for item in items])
+        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
+        todo = [i for i, f in enumerate(fitted) if f.error is None]
+        params = GenerationParams(max_tokens=_JUDGE_MAX_TOKENS, temperature=0.0, stop=("\n",))
+        outputs = await self._run([self._timed_generate(fitted[i].token_ids, params) for i in todo])
+        for i, out in zip(todo, outputs):
+            result = results[i]
+            if isinstance(out, BaseException):
+                result.error = f"engine error: {type(out).__name__}"
+                continue
+            result.raw_output = fitted[i].answer_prefix + out.text
+            result.prompt_tokens, result.completion_tokens = out.prompt_tokens, out.completion_tokens
+            score = parse_judge_score(out.text)
+            result.parsed = score is not None
+            if score is None:
+                metrics.PARSE_FAILURES.inc()
+                result.error = "judge gave no score from 1 to 10"
+                continue
+            result.judge_score = score
+            result.reward = (score - 1) / 9
+        return results

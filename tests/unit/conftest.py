@@ -14,7 +14,7 @@ def fake_engine():
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(cache_dir=tmp_path, max_batch_items=8, max_tokens=32)
+    return Settings(cache_dir=tmp_path, max_batch_items=8, max_tokens=32, method="generate")
 
 
 @pytest.fixture

@@ -2,14 +2,15 @@
 
 import pytest
 
-ITEM = {"prompt": "Explain why the sky is blue", "response": "why the sky is blue: Rayleigh scattering of sunlight"}
+ITEM = {"prompt": "Explain why the sky is blue", "response": "the sky looks blue because of Rayleigh scattering"}
 
 
 def test_reward_returns_reward_and_details(client):
     body = client.post("/reward", json={**ITEM, "id": "x1", "details": True}).json()
     assert body["id"] == "x1"
     assert 0.0 <= body["reward"] <= 1.0
-    assert body["inferred_instruction"].startswith("Explain why the sky is blue")
+    assert body["inferred_instruction"].startswith("Explain the sky looks blue")
+    assert body["method"] == "generate" and body["copied_fraction"] == 0.0
     assert set(body["similarities"]) == {"f1", "embedding", "hybrid"}
     assert body["reward"] == pytest.approx(body["similarities"]["hybrid"])
     assert body["parsed"] is True and body["truncated"] is False

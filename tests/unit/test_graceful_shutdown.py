@@ -38,7 +38,7 @@ SERVER = textwrap.dedent(
             print("ENGINE SHUT DOWN", flush=True)
 
     logging.basicConfig(level=logging.INFO)
-    settings = Settings(port=int(sys.argv[1]), shutdown_grace_s=float(sys.argv[3]), max_tokens=32)
+    settings = Settings(port=int(sys.argv[1]), shutdown_grace_s=float(sys.argv[3]), max_tokens=32, method="generate")
     service = FlipService(settings, engine_factory=lambda s: SlowEngine(), embedder_factory=lambda s: HashEmbedder())
     serve(create_app(settings, service), settings)
     """

@@ -1,0 +1,98 @@
+"""Reward-model quality metrics. Pure functions over scores; None means "no reward for this one"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "ci95": [self.low, self.high], "n": self.n}
+
+
+def pair_outcomes(chosen: Sequence[float | None], rejected: Sequence[float | None]) -> np.ndarray:
+    """1 when chosen scores above rejected, 0 below, 0.5 for a tie. A pair where either side has
+    no reward counts as a tie: the method could not tell them apart."""
+    out = []
+    for c, r in zip(chosen, rejected, strict=True):
+        if c is None or r is None or c == r:
+            out.append(0.5)
+        else:
+            out.append(1.0 if c > r else 0.0)
+    return np.asarray(out, dtype=float)
+
+
+def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Estimate:
+    """Mean with a 95% percentile-bootstrap interval (scipy.stats.bootstrap)."""
+    data = np.asarray(values, dtype=float)
+    if len(data) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    if len(data) == 1 or np.all(data == data[0]):
+        return Estimate(float(data.mean()), float(data.mean()), float(data.mean()), len(data))
+    result = stats.bootstrap(
+        (data,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed
+    )
+    ci = result.confidence_interval
+    return Estimate(float(data.mean()), float(ci.low), float(ci.high), len(data))
+
+
+def pairwise_accuracy(chosen: Sequence[float | None], rejected: Sequence[float | None], seed: int = 0) -> Estimate:
+    return bootstrap_mean(pair_outcomes(chosen, rejected), seed=seed)
+
+
+def best_of_n(scores: Sequence[Sequence[float | None]], quality: Sequence[Sequence[float]]) -> dict:
+    """For groups of N candidates with a known quality each: the mean quality of the candidate the
+    method ranks first (ties: the lowest index), against picking at random (the group mean) and the
+    oracle (the group best), and the mean Spearman rank correlation with the given quality."""
+    picked, random_pick, oracle, rhos = [], [], [], []
+    for group_scores, group_quality in zip(scores, quality, strict=True):
+        usable = [(-1e300 if s is None else s) for s in group_scores]
+        best = int(np.argmax(usable))  # argmax returns the first of equal maxima
+        picked.append(group_quality[best])
+        random_pick.append(float(np.mean(group_quality)))
+        oracle.append(float(np.max(group_quality)))
+        if len(set(usable)) > 1 and len(set(group_quality)) > 1:
+            rhos.append(stats.spearmanr(usable, group_quality).statistic)
+    return {
+        "top1_quality": float(np.mean(picked)),
+        "random_quality": float(np.mean(random_pick)),
+        "oracle_quality": float(np.mean(oracle)),
+        "spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "groups": len(picked),
+    }
+
+
+def best_of_4_accuracy(chosen: Sequence[float | None], rejected: Sequence[Sequence[float | None]]) -> Estimate:
+    """RewardBench-2 style: correct when the chosen response scores above every rejected one."""
+    outcomes = [
+        1.0 if c is not None and all(r is None or c > r for r in rs) else 0.0
+        for c, rs in zip(chosen, rejected, strict=True)
+    ]
+    return bootstrap_mean(outcomes)
+
+
+def distribution(values: Sequence[float | None]) -> dict:
+    data = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(data) == 0:
+        return {"n": 0, "missing": len(values)}
+    q = np.quantile(data, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {
+        "n": int(len(data)),
+        "missing": len(values) - len(data),
+        "mean": float(data.mean()),
+        "p10": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "p90": float(q[4]),
+    }

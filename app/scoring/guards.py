@@ -1,0 +1,61 @@
+"""Guards against the reward hack every FLIP variant falls for: a response that restates the
+instruction. Reconstructing (or scoring) the instruction from a response that contains it is
+trivial, so such a response would beat an honest answer.
+
+The guard finds the parts of the instruction that the response copies word for word (runs of at
+least `min_words` normalised words) so the scorer can leave them out: what is left of the
+instruction must be implied by the response, not pasted into it. An honest answer that quotes
+the text it was asked to work on keeps its reward for the task words around the quote.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _words(text: str) -> list[tuple[str, int, int]]:
+    """Lower-cased words with their character spans."""
+    return [(m.group(0).lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tuple[int, int]]:
+    """Character spans of `instruction` covered by runs of >= min_words words that also occur,
+    in the same order, in `response`. Spans are merged and sorted."""
+    inst = _words(instruction)
+    resp = [w for w, _, _ in _words(response)]
+    n = min(min_words, len(inst))
+    if n == 0 or len(resp) < n:
+        return []
+    response_grams = {tuple(resp[i : i + n]) for i in range(len(resp) - n + 1)}
+    spans: list[tuple[int, int]] = []
+    for i in range(len(inst) - n + 1):
+        if tuple(w for w, _, _ in inst[i : i + n]) in response_grams:
+            start, end = inst[i][1], inst[i + n - 1][2]
+            if spans and start <= spans[-1][1] + 1:
+                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+            else:
+                spans.append((start, end))
+    return spans
+
+
+def copied_fraction(instruction: str, spans: list[tuple[int, int]]) -> float:
+    """Share of the instruction's word characters inside the copied spans."""
+    total = sum(end - start for _, start, end in _words(instruction))
+    if total == 0:
+        return 0.0
+    covered = sum(end - start for _, start, end in _words(instruction) if any(s <= start and end <= e for s, e in spans))
+    return covered / total
+
+
+def token_mask(text: str, offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token of `text` (character offsets): True when it lies outside every copied span,
+    i.e. it should still be scored. A token's leading white space does not count."""
+    keep = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        inside = end > start and any(s <= start and end <= e for s, e in spans)
+        keep.append(not inside)
+    return keep

@@ -1,0 +1,93 @@
+"""The likelihood and judge methods and the copy guard, through the API with test doubles."""
+
+import pytest
+
+from app.scoring.guards import copied_fraction, copied_spans, token_mask
+from app.scoring.parse import parse_judge_score
+
+INSTRUCTION = "Write a short poem about the autumn rain in the city"
+
+
+def test_copied_spans_find_runs_of_three_words():
+    response = "Sure! You asked: write a short poem about the autumn rain. Here it is."
+    spans = copied_spans(INSTRUCTION, response, min_words=3)
+    assert [INSTRUCTION[s:e] for s, e in spans] == ["Write a short poem about the autumn rain"]
+    assert 0.6 < copied_fraction(INSTRUCTION, spans) < 1.0
+
+
+def test_no_copy_in_an_honest_answer():
+    response = "Grey drops drum on tin roofs; umbrellas bloom along wet streets."
+    assert copied_spans(INSTRUCTION, response) == []
+
+
+def test_token_mask_ignores_leading_space():
+    text = "say hello world now"
+    offsets = [(0, 3), (3, 9), (9, 15), (15, 19)]  # " hello" style tokens
+    assert token_mask(text, offsets, [(4, 15)]) == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    "raw,score",
+    [("8", 8), ("Rating: 7/10", 7), ("**9** out of 10", 9), ("10", 10), ("I'd say 6.", 6),
+     ("score 0", None), ("none", None), ("3.5", None), ("<think>5?</think>4", 4)],
+)
+def test_judge_score_parser(raw, score):
+    assert parse_judge_score(raw) == score
+
+
+def _reward(client, response, **options):
+    body = client.post("/reward", json={"prompt": INSTRUCTION, "response": response, **options})
+    assert body.status_code == 200, body.text
+    return body.json()
+
+
+def test_likelihood_method_reports_logprobs(client):
+    body = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+    assert body["method"] == "likelihood"
+    assert body["inferred_instruction"] is None
+    lik = body["likelihood"]
+    assert lik["scored_tokens"] > 0 and lik["pmi"] == pytest.approx(lik["conditional"] - lik["unconditional"])
+    assert 0.0 < body["reward"] < 1.0
+
+
+def test_restating_the_instruction_earns_nothing_under_the_guard(client):
+    honest = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+    restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
+    assert restated["copied_fraction"] == 1.0 and restated["reward"] == 0.0
+    assert honest["reward"] > restated["reward"]
+
+
+def test_without_the_guard_the_copying_model_prefers_the_restatement(settings, fake_engine):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.service import FlipService
+    from tests.fakes import HashEmbedder
+    from tests.unit.conftest import _wait_ready
+
+    unguarded = settings.model_copy(update={"copy_guard": False})
+    service = FlipService(unguarded, engine_factory=lambda s: fake_engine, embedder_factory=lambda s: HashEmbedder())
+    with TestClient(create_app(unguarded, service)) as client:
+        _wait_ready(client)
+        honest = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+        restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
+    assert restated["reward"] > honest["reward"]
+
+
+def test_generate_guard_discounts_the_copied_share(client):
+    body = _reward(client, INSTRUCTION + " and that is all", method="generate")
+    assert body["copied_fraction"] == 1.0 and body["reward"] == 0.0
+
+
+def test_judge_method(client, fake_engine):
+    fake_engine.reply = lambda prompt: "8"
+    body = _reward(client, "Grey drops drum on tin roofs", method="judge")
+    assert body["judge_score"] == 8 and body["reward"] == pytest.approx(7 / 9)
+    fake_engine.reply = lambda prompt: "excellent!"
+    body = _reward(client, "Grey drops drum on tin roofs", method="judge")
+    assert body["reward"] is None and "no score" in body["error"]
+
+
+def test_unknown_method_is_422(client):
+    response = client.post("/reward", json={"prompt": "p", "response": "r", "method": "vibes"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "method"
