@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.api import health, reward
+from app.api import compat, rank
 from app.api.errors import install_error_handlers
 from app.config import Settings
 from app.service import FlipService, Status
@@ -89,4 +90,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(reward.router)
     app.include_router(health.router)
+    app.include_router(rank.router)
+    app.include_router(compat.router)
     return app

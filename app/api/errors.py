@@ -46,8 +46,8 @@ def error_response(
 def _field_path(loc: tuple) -> str:
     """('body', 'items', 3, 'response') -> 'items[3].response'."""
     path = ""
-    for part in loc:
-        if part in ("body", "query", "path"):
+    for n, part in enumerate(loc):
+        if n == 0 and part in ("body", "query", "path"):  # where it came from; a field may be named "query"
             continue
         if isinstance(part, int):
             path += f"[{part}]"

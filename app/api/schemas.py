@@ -164,3 +164,107 @@ class BatchRewardResponse(BaseModel):
     prompt_version: str
     rewards: list[float | None] = Field(description="One per item, in input order.")
     results: list[RewardResult]
+
+
+# --- best-of-N ranking (POST /rank)
+
+
+class RankRequest(ScoringOptions):
+    """One instruction (`prompt`, or `messages` whose last message is the user's instruction)
+    and N candidate responses."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "Name a primary colour.",
+                    "responses": ["Red is a primary colour.", "I like turtles.", "Blue."],
+                }
+            ]
+        },
+    )
+
+    prompt: NonBlank | None = Field(None, description="The instruction the responses answer.")
+    messages: list[Message] | None = Field(None, min_length=1, description="Chat form of the instruction.")
+    responses: list[NonBlank] = Field(min_length=1, description="The N candidates, scored in one engine batch.")
+
+    @model_validator(mode="after")
+    def _one_instruction(self) -> RankRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.messages is not None:
+            if self.messages[-1].role != "user":
+                raise ValueError("messages: the last message must be the user's instruction (role 'user')")
+            _not_blank(self.messages[-1].content)
+        return self
+
+    def reward_items(self) -> list[RewardItem]:
+        return [
+            RewardItem(id=str(i), prompt=self.prompt, messages=self.messages, response=response)
+            for i, response in enumerate(self.responses)
+        ]
+
+
+class RankResponse(BaseModel):
+    model: str
+    similarity: Similarity
+    prompt_version: str
+    rewards: list[float | None] = Field(description="One per response, in input order.")
+    ranking: list[int] = Field(
+        description="Response indices, best first; equal rewards keep input order; unscored responses come last."
+    )
+    best_index: int | None = Field(description="Index of the best response; null when none could be scored.")
+    results: list[RewardResult]
+
+
+# --- trainer protocols (app/api/compat.py)
+
+
+class OpenRLHFRequest(BaseModel):
+    """What OpenRLHF posts to --remote_rm_url: `query` is prompt + response decoded as one string
+    (chat-template tokens included); `prompts` the prompt strings; `labels` the --label_key column.
+    Each is one item or a list (a batch)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": ["<|im_start|>user\nName a primary colour.<|im_end|>\n<|im_start|>assistant\n"
+                              "Red is a primary colour.<|im_end|>"],
+                    "prompts": ["<|im_start|>user\nName a primary colour.<|im_end|>\n<|im_start|>assistant\n"],
+                    "labels": [None],
+                }
+            ]
+        },
+    )
+
+    query: str | list[str] = Field(description="Prompt + response as one decoded string, or a list of them.")
+    prompts: str | list[str] | None = Field(None, description="The prompt of each query (recommended).")
+    labels: object | None = Field(None, description="The --label_key value of each query.")
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float | None] = Field(description="One per query; null when that query could not be scored.")
+    scores: list[float | None] = Field(description="The same values (in [0, 1]), for OpenRLHF's dynamic filtering.")
+    extra_logs: dict[str, list[float | None]] = Field(description="Per-query values OpenRLHF logs.")
+    inferred_instructions: list[str | None]
+    errors: list[str | None]
+
+
+class SlimeRequest(BaseModel):
+    """What slime's remote_rm posts to --rm-url."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"prompt": "Name a primary colour.", "response": "Red.", "label": None}]},
+    )
+
+    prompt: str | list[dict] = Field(description="Prompt text (templated or plain) or a message list.")
+    response: str = Field(description="The generated response.")
+    label: object | None = Field(None, description="The --label-key value of the sample.")
+
+
+class SlimeResponse(RewardResult):
+    """`reward` (pick it with slime's `--reward-key reward`) and the usual per-item details."""

@@ -1,0 +1,49 @@
+"""OpenRLHF with FLIP as a remote reward model, against the local service.
+
+Launch OpenRLHF with the service as its reward model:
+
+    python -m openrlhf.cli.train_ppo_ray ... --remote_rm_url http://127.0.0.1:8000/get_reward
+    # the instruction in a dataset column instead of the prompt:  --label_key instruction
+    #   --remote_rm_url 'http://127.0.0.1:8000/get_reward?instruction_from=label'
+
+This script posts exactly what OpenRLHF posts: `query` = prompt + response decoded as one
+string with the chat template's tokens (here SmolLM2's ChatML template), once per sample (as
+OpenRLHF's single-turn executor does) and as one batch (as older versions do).
+
+    .venv/bin/python examples/openrlhf_remote_rm.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples._common import URL, selfinstruct  # noqa: E402
+
+TEMPLATE = "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n" \
+           "<|im_start|>assistant\n"
+
+
+def main() -> None:
+    rows = selfinstruct(3)
+    prompts = [TEMPLATE.format(r["instruction"]) for r in rows]
+    queries = [p + r["response"] + "<|im_end|>" for p, r in zip(prompts, rows)]
+    with httpx.Client(timeout=300) as http:
+        print(f"OpenRLHF flag: --remote_rm_url {URL}/get_reward\n")
+        for prompt, query in zip(prompts, queries):  # one sample per request
+            body = http.post(f"{URL}/get_reward", json={"query": [query], "prompts": [prompt], "labels": [None]})
+            body.raise_for_status()
+            result = body.json()
+            print(f"single: rewards={result['rewards']} inferred={result['inferred_instructions'][0]!r}")
+        batch = http.post(f"{URL}/get_reward", json={"query": queries, "prompts": prompts, "labels": [None] * 3})
+        batch.raise_for_status()
+        print("\nbatch:", json.dumps({k: batch.json()[k] for k in ("rewards", "scores", "extra_logs")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

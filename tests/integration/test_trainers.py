@@ -1,0 +1,175 @@
+"""The trainer adapters and /rank against the real service, with the exact argument and payload
+shapes each trainer sends. Each reward is checked against the service's own answer for the same
+items sent the same way (one item alone, or the same items as one batch)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.client import FlipClient
+from app.integrations.trl import make_reward_func
+from app.integrations.verl import compute_score, compute_score_async
+from tests.integration.conftest import load_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_jsonl("selfinstruct_reconstruction_64.jsonl")[:4]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from app.config import Settings
+    from app.models import resolve_llm
+
+    return AutoTokenizer.from_pretrained(resolve_llm(None, Settings().cache_dir))
+
+
+def batch_rewards(http, items):
+    return http.post("/batch_reward", json={"items": items}).json()["rewards"]
+
+
+def single_reward(http, item):
+    return http.post("/reward", json=item).json()["reward"]
+
+
+def trl_kwargs(prompts, completions, rows):
+    """What GRPOTrainer._calculate_rewards passes: the dataset's other columns, trainer hooks."""
+    return dict(prompts=prompts, completions=completions, completion_ids=[[1, 2, 3]] * len(prompts),
+                id=[r["id"] for r in rows], source=[r["source"] for r in rows], trainer_state=None,
+                log_extra=lambda *a: None, log_metric=lambda *a: None)
+
+
+def test_trl_plain_form(server, http, rows):
+    reward = make_reward_func(server.url)
+    prompts = [r["instruction"] for r in rows]
+    completions = [r["response"] for r in rows]
+    got = asyncio.run(reward(**trl_kwargs(prompts, completions, rows)))
+    assert got == batch_rewards(http, [{"prompt": p, "response": c} for p, c in zip(prompts, completions)])
+    assert all(isinstance(v, float) and 0 <= v <= 1 for v in got)
+
+
+def test_trl_conversational_form(server, http, rows):
+    reward = make_reward_func(server.url)
+    prompts = [[{"role": "system", "content": "Be helpful."}, {"role": "user", "content": r["instruction"]}]
+               for r in rows]
+    completions = [[{"role": "assistant", "content": r["response"]}] for r in rows]
+    completions[-1] = [{"role": "assistant", "content": ""}]  # an empty completion: None, no request
+    got = asyncio.run(reward(**trl_kwargs(prompts, completions, rows)))
+    expected = batch_rewards(http, [{"messages": p, "response": c[0]["content"]}
+                                    for p, c in zip(prompts[:-1], completions[:-1])])
+    assert got == expected + [None]
+
+
+def test_trl_through_grpo_trainer_reward_path(server, http, rows):
+    """TRL's own reward computation (GRPOTrainer._calculate_rewards) with the FLIP function."""
+    pytest.importorskip("trl")
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from app.config import Settings
+    from app.models import resolve_llm
+
+    config = GRPOConfig(output_dir=str(server.log_path.parent / "grpo"), per_device_train_batch_size=2,
+                        num_generations=2, max_completion_length=8, report_to=[], use_cpu=True,
+                        save_strategy="no")
+    dataset = Dataset.from_list([{"prompt": r["instruction"], "id": r["id"]} for r in rows])
+    trainer = GRPOTrainer(model=resolve_llm(None, Settings().cache_dir), reward_funcs=make_reward_func(server.url),
+                          args=config, train_dataset=dataset)
+    prompts = [r["instruction"] for r in rows]
+    completions = [r["response"] for r in rows]
+    inputs = [{"prompt": p, "completion": c, "id": r["id"]} for p, c, r in zip(prompts, completions, rows)]
+    rewards = trainer._calculate_rewards(inputs, prompts, completions, [[1]] * len(rows))
+    expected = batch_rewards(http, [{"prompt": p, "response": c} for p, c in zip(prompts, completions)])
+    assert rewards.shape == (len(rows), 1)
+    assert torch.allclose(rewards[:, 0], torch.tensor(expected, dtype=torch.float32))
+    assert trainer.reward_func_names == ["flip_reward"]
+
+
+def openrlhf_sample(tokenizer, instruction: str, response: str) -> tuple[str, str]:
+    """(prompt, query) as OpenRLHF builds them: the chat-templated prompt, and prompt + response
+    token ids decoded with the special tokens kept."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                           add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    action_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt, tokenizer.decode(prompt_ids + action_ids, skip_special_tokens=False)
+
+
+def smollm_messages(tokenizer, instruction: str) -> list[dict]:
+    """The turns SmolLM2's template renders: its default system message, then the user."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False)
+    system = prompt.split("<|im_start|>system\n", 1)[1].split("<|im_end|>", 1)[0]
+    return [{"role": "system", "content": system}, {"role": "user", "content": instruction}]
+
+
+def test_openrlhf_single(http, rows, tokenizer):
+    row = rows[0]
+    prompt, query = openrlhf_sample(tokenizer, row["instruction"], row["response"])
+    assert query.endswith("<|im_end|>")
+    body = http.post("/get_reward", json={"query": [query], "prompts": [prompt], "labels": [None]}).json()
+    expected = single_reward(http, {"messages": smollm_messages(tokenizer, row["instruction"]),
+                                    "response": row["response"]})
+    assert body["rewards"] == [expected] and body["scores"] == [expected]
+    assert body["errors"] == [None]
+    assert all(len(v) == 1 for v in body["extra_logs"].values())
+
+
+def test_openrlhf_batch(http, rows, tokenizer):
+    samples = [openrlhf_sample(tokenizer, r["instruction"], r["response"]) for r in rows]
+    body = http.post("/get_reward", json={"query": [q for _, q in samples], "prompts": [p for p, _ in samples],
+                                          "labels": [""] * len(rows)}).json()
+    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, r["instruction"]),
+                                     "response": r["response"]} for r in rows])
+    assert body["rewards"] == expected
+    assert len(body["extra_logs"]["flip_f1"]) == len(rows)
+
+
+def test_slime_templated_and_message_prompts(http, rows, tokenizer):
+    row = rows[1]
+    templated = tokenizer.apply_chat_template([{"role": "user", "content": row["instruction"]}], tokenize=False,
+                                              add_generation_prompt=True)
+    body = http.post("/slime_reward", json={"prompt": templated, "response": row["response"], "label": "x"}).json()
+    expected = single_reward(http, {"messages": smollm_messages(tokenizer, row["instruction"]),
+                                    "response": row["response"]})
+    assert body["reward"] == expected and body["error"] is None
+    plain = http.post("/slime_reward", json={"prompt": [{"role": "user", "content": row["instruction"]}],
+                                             "response": row["response"], "label": None}).json()
+    assert plain["reward"] == single_reward(http, {"prompt": row["instruction"], "response": row["response"]})
+
+
+def test_verl_sync_and_async(server, http, rows):
+    row = rows[2]
+    expected = http.post("/reward", json={"prompt": row["instruction"], "response": row["response"]}).json()
+    kwargs = dict(data_source="self-instruct", solution_str=row["response"] + "<|im_end|>", ground_truth="",
+                  extra_info={"instruction": row["instruction"]}, base_url=server.url)
+    result = compute_score(**kwargs)
+    assert result == {"score": expected["reward"], "inferred_instruction": expected["inferred_instruction"],
+                      "instruction_source": "extra_info.instruction"}
+    assert asyncio.run(compute_score_async(**kwargs)) == result
+    from_truth = compute_score(**{**kwargs, "extra_info": None, "ground_truth": row["instruction"]})
+    assert from_truth["score"] == expected["reward"] and from_truth["instruction_source"] == "ground_truth"
+
+
+def test_rank_on_real_engine(http, rows):
+    responses = [r["response"] for r in rows]
+    body = http.post("/rank", json={"prompt": rows[0]["instruction"], "responses": responses}).json()
+    expected = batch_rewards(http, [{"prompt": rows[0]["instruction"], "response": c} for c in responses])
+    assert body["rewards"] == expected
+    best = max(range(len(expected)), key=lambda i: (expected[i], -i))
+    assert body["best_index"] == best == body["ranking"][0]
+
+
+def test_client_chunks_keep_order_on_real_service(server, rows):
+    items = [{"id": r["id"], "prompt": r["instruction"], "response": r["response"]} for r in rows]
+    with FlipClient(server.url, chunk_size=1, max_concurrency=4) as client:
+        results = client.score(items)
+    assert [r["id"] for r in results] == [r["id"] for r in rows]
+    assert all(r["reward"] is not None for r in results)
