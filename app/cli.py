@@ -67,7 +67,8 @@ async def _score_once(settings: Settings, prompt: str, response: str) -> dict[st
     if service.scorer is None:
         raise SystemExit(f"flip-reward: {service.load_error}")
     try:
-        options = ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode)
+        options = ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode,
+                               method=settings.method, copy_guard=settings.copy_guard)
         (result,) = await service.scorer.score([ScoreItem(instruction=prompt, response=response)], options)
         return vars(result)
     finally:

@@ -151,8 +151,10 @@ class _Base:
         with self._replica_lock:  # round-robin over the replicas, shared by every chunk
             return next(self._next_replica) % len(self.base_urls)
 
-    def _batch_body(self, items: Sequence[dict], similarity: str | None, details: bool) -> dict:
-        body: dict[str, Any] = {"items": list(items), "details": details}
+    def _batch_body(self, items: Sequence[dict], similarity: str | None, details: bool,
+                    options: dict | None = None) -> dict:
+        """`options`: other /batch_reward options, e.g. {"method": "likelihood", "prompt_mode": "direct"}."""
+        body: dict[str, Any] = {"items": list(items), "details": details, **(options or {})}
         if similarity or self.similarity:
             body["similarity"] = similarity or self.similarity
         return body
@@ -285,22 +287,23 @@ class AsyncFlipClient(_Base):
         raise AssertionError("unreachable")
 
     async def _chunk(self, items: Sequence[dict], similarity: str | None, details: bool,
-                     gate: asyncio.Semaphore) -> list[dict | None]:
+                     gate: asyncio.Semaphore, options: dict | None = None) -> list[dict | None]:
         async with gate:
             try:
-                return (await self._post("/batch_reward", self._batch_body(items, similarity, details)))["results"]
+                body = self._batch_body(items, similarity, details, options)
+                return (await self._post("/batch_reward", body))["results"]
             except FlipRequestError as exc:
                 if self._none_instead(exc):
                     return [None] * len(items)
                 raise
 
     async def score(self, items: Sequence[dict], similarity: str | None = None,
-                    details: bool = False) -> list[dict | None]:
+                    details: bool = False, options: dict | None = None) -> list[dict | None]:
         if not items:
             return []
         gate = asyncio.Semaphore(self.max_concurrency)
         parts = await asyncio.gather(
-            *(self._chunk(c, similarity, details, gate) for c in chunked(items, self.chunk_size))
+            *(self._chunk(c, similarity, details, gate, options) for c in chunked(items, self.chunk_size))
         )
         return [result for part in parts for result in part]
 

@@ -66,6 +66,7 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
         similarity=options.similarity or defaults.similarity,
         prompt_mode=options.prompt_mode or defaults.prompt_mode,
         method=options.method or defaults.method,
+        copy_guard=defaults.copy_guard if options.copy_guard is None else options.copy_guard,
     )
 
 

@@ -84,6 +84,9 @@ class ScoringOptions(BaseModel):
     prompt_mode: PromptMode | None = Field(
         None, description="generate only: paper (reasoning + JSON) or direct; unset: the server default."
     )
+    copy_guard: bool | None = Field(
+        None, description="Discount instruction words the response copies verbatim; unset: the server default."
+    )
     details: bool = Field(False, description="Include the model's raw output in each result.")
 
 

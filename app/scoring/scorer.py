@@ -60,6 +60,7 @@ class ScoreOptions:
     similarity: Similarity
     prompt_mode: PromptMode
     method: Method = "generate"
+    copy_guard: bool = True
 
 
 @dataclass
@@ -137,8 +138,8 @@ class Scorer:
                 return _Fitted(error="the prompt does not fit the model's context even without the response")
             response = self.engine.tokenizer.decode(response_ids[:keep])
 
-    def _copy_spans(self, item: ScoreItem) -> list[tuple[int, int]]:
-        if not self.settings.copy_guard:
+    def _copy_spans(self, item: ScoreItem, guard: bool) -> list[tuple[int, int]]:
+        if not guard:
             return []
         return guards.copied_spans(item.instruction, self._clean(item.response), self.settings.copy_guard_words)
 
@@ -224,21 +225,21 @@ class Scorer:
             sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
             result.similarities = sims
             # Guard: the share of the instruction the response pasted in earns nothing.
-            copied = guards.copied_fraction(item.instruction, self._copy_spans(item))
+            copied = guards.copied_fraction(item.instruction, self._copy_spans(item, options.copy_guard))
             result.copied_fraction = copied
             result.reward = sims[options.similarity] * (1.0 - copied)
         metrics.SIMILARITY_LATENCY.observe(time.perf_counter() - started)
 
     # --- likelihood: backward likelihood of the real instruction
 
-    def _prepare_likelihood(self, item: ScoreItem) -> tuple[_Fitted, list[int], list[int], list[bool]]:
+    def _prepare_likelihood(self, item: ScoreItem, guard: bool) -> tuple[_Fitted, list[int], list[int], list[bool]]:
         tokenizer = self.engine.tokenizer
         instruction = item.instruction.strip()
         encoded = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)
         limit = self.settings.max_instruction_tokens
         instruction_ids = list(encoded["input_ids"])[:limit]
         offsets = [tuple(o) for o in encoded["offset_mapping"]][:limit]
-        keep = guards.token_mask(instruction, offsets, self._copy_spans(ScoreItem(instruction, item.response)))
+        keep = guards.token_mask(instruction, offsets, self._copy_spans(ScoreItem(instruction, item.response), guard))
         budget = self.engine.max_model_len - len(instruction_ids) - 1
         fitted = self._fit(build_likelihood_prompt, item, budget)
         unconditional_head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
@@ -259,7 +260,8 @@ class Scorer:
         return self._unconditional[key]
 
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
-        prepared = await asyncio.to_thread(lambda: [self._prepare_likelihood(item) for item in items])
+        guard = options.copy_guard
+        prepared = await asyncio.to_thread(lambda: [self._prepare_likelihood(item, guard) for item in items])
         results = [ItemResult(id=item.id, truncated=p[0].truncated, error=p[0].error) for item, p in zip(items, prepared)]
         todo = [i for i, p in enumerate(prepared) if p[0].error is None]
         use_pmi = self.settings.likelihood_baseline == "pmi"
