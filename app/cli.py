@@ -82,6 +82,57 @@ def _score(args: argparse.Namespace) -> int:
     return 0 if result["reward"] is not None else 1
 
 
+async def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from pathlib import Path
+
+    import httpx
+
+    from app.client import AsyncFlipClient
+    from app.evaluation import datasets, report, runner
+
+    files = [Path(f) for f in args.files] if args.files else runner.default_files()
+    data = [datasets.load(f, limit=args.limit, seed=args.eval_seed) for f in files]
+    specs = runner.lm_methods(tuple(args.modes)) + runner.BASELINES
+    if args.methods:
+        specs = [s for s in specs if any(m in s.name for m in args.methods)]
+    service = None
+    if args.url:
+        client = AsyncFlipClient(args.url, api_key=args.api_key, timeout=3600, max_concurrency=1)
+        model = (httpx.get(args.url.rstrip("/") + "/info", timeout=30).json()).get("model", "?")
+    else:  # in process: the same app and routes, over an in-memory transport
+        from app.main import create_app
+        from app.service import FlipService
+
+        service = FlipService(settings)
+        await service.load()
+        if service.scorer is None:
+            raise SystemExit(f"flip-reward: {service.load_error}")
+        transport = httpx.ASGITransport(app=create_app(settings, service))
+        client = AsyncFlipClient("http://in-process", transport=transport, timeout=3600, max_concurrency=1)
+        model = service.engine.model_name
+    try:
+        started = time.perf_counter()
+        results = await runner.run_files(client, data, specs, seed=args.eval_seed, progress=not args.quiet)
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.aclose()
+        if service is not None:
+            await service.shutdown()
+    limit = f", {args.limit} rows per file (seeded sample)" if args.limit else ""
+    header = (f"Model {model}; {time.strftime('%Y-%m-%d')}; files: {', '.join(f.name for f in files)}{limit}; "
+              f"{elapsed:.0f} s.\n")
+    written = report.write(results, Path(args.out), header, highlight=specs[0].name)
+    print(report.markdown(results, header))
+    print("written:", ", ".join(str(p) for p in written.values()))
+    return results
+
+
+def _eval(args: argparse.Namespace) -> int:
+    own = {"files", "url", "api_key", "limit", "eval_seed", "out", "methods", "modes", "quiet"}
+    asyncio.run(_evaluate(args, _settings_from(args, own)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flip-reward", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--response", required=True, help="the response to score")
     _add_settings_flags(score)
     score.set_defaults(run=_score)
+
+    evaluate = commands.add_parser("eval", help="measure reward quality on evaluation files (JSON, Markdown, PNG)")
+    evaluate.add_argument("files", nargs="*", help="JSONL files (default: ../shared/eval, else data/samples)")
+    evaluate.add_argument("--url", help="a running service; default: start the service in this process")
+    evaluate.add_argument("--api-key", dest="api_key", help="API key for --url")
+    evaluate.add_argument("--limit", type=int, help="seeded sample of at most this many rows per file")
+    evaluate.add_argument("--eval-seed", dest="eval_seed", type=int, default=0, help="sampling and bootstrap seed")
+    evaluate.add_argument("--out", default="eval-results", help="output folder")
+    evaluate.add_argument("--methods", nargs="*", help="only methods whose name contains one of these")
+    evaluate.add_argument("--modes", nargs="*", default=["paper", "direct"], help="prompt modes of generate")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_settings_flags(evaluate)
+    evaluate.set_defaults(run=_eval)
     return parser
 
 
