@@ -20,6 +20,7 @@ _LABEL = re.compile(
     r"[\"']?(?:inferred[\s_-]*)?instruction[\"']?\s*[:=]\s*(.+)", re.IGNORECASE | re.DOTALL
 )
 _REASONING_LABEL = re.compile(r"[\"']?reasoning[\"']?\s*[:=]", re.IGNORECASE)
+_KEY_LABEL = re.compile(r"[{,]?\s*[\"']?[A-Za-z_ ]{3,30}[\"']\s*:\s*[\"']?")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def parse_instruction(raw: str) -> ParsedInstruction:
             cleaned = _clean(value)
             if cleaned:
                 return ParsedInstruction(cleaned, parsed=True)
-    return ParsedInstruction(_clean(text), parsed=False)
+    # No instruction found: compare the text itself, without the JSON key labels around it.
+    return ParsedInstruction(_clean(_KEY_LABEL.sub(" ", text)), parsed=False)
 
 
 def parse_direct(raw: str) -> ParsedInstruction:
