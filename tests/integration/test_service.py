@@ -24,28 +24,43 @@ def test_ready_only_after_models_loaded(server):
 
 def test_reward_on_real_engine(http):
     item = _pairs(1)[0]
-    body = http.post("/reward", json={**item, "details": True}).json()
+    body = http.post("/reward", json={**item, "details": True, "method": "generate"}).json()
     assert 0.0 <= body["reward"] <= 1.0
     assert isinstance(body["inferred_instruction"], str) and body["inferred_instruction"]
     assert body["usage"]["completion_tokens"] > 0
     assert body["model"] == "SmolLM2-135M-Instruct"
 
 
-def test_repeated_request_gives_identical_reward(http):
-    item = _pairs(2)[1]
+def test_likelihood_on_real_engine_and_restatement_guard(http):
+    item = _pairs(1)[0]
+    honest = http.post("/reward", json=item).json()
+    assert honest["method"] == "likelihood" and 0.0 < honest["reward"] < 1.0
+    assert honest["likelihood"]["scored_tokens"] > 0
+    restated = http.post("/reward", json={**item, "response": "Sure! Here is my answer: " + item["prompt"]}).json()
+    assert restated["copied_fraction"] > 0.9 and restated["reward"] < honest["reward"]
+
+
+@pytest.mark.parametrize("method", ["likelihood", "generate"])
+def test_repeated_request_gives_identical_reward(http, method):
+    item = {**_pairs(2)[1], "method": method}
     first = http.post("/reward", json=item).json()
     second = http.post("/reward", json=item).json()
     assert first["reward"] == second["reward"]
     assert first["inferred_instruction"] == second["inferred_instruction"]
 
 
-def test_batch_of_32_equals_the_same_32_one_by_one(http):
+@pytest.mark.parametrize("method", ["likelihood", "generate"])
+def test_batch_of_32_equals_the_same_32_one_by_one(http, method):
     items = _pairs(32)
-    batch = http.post("/batch_reward", json={"items": items}).json()
+    batch = http.post("/batch_reward", json={"items": items, "method": method}).json()
     assert [r["id"] for r in batch["results"]] == [i["id"] for i in items]
     assert all(r is not None and 0.0 <= r <= 1.0 for r in batch["rewards"])
-    singles = [http.post("/reward", json=item).json()["reward"] for item in items]
-    assert batch["rewards"] == pytest.approx(singles, abs=1e-6)
+    singles = [http.post("/reward", json={**item, "method": method}).json() for item in items]
+    # float32 on the CPU: batch composition does not change greedy outputs; log-probabilities may
+    # differ in the last float bits.
+    assert batch["rewards"] == pytest.approx([s["reward"] for s in singles], abs=1e-5)
+    if method == "generate":
+        assert [r["inferred_instruction"] for r in batch["results"]] == [s["inferred_instruction"] for s in singles]
 
 
 def test_chat_messages_with_context(http):

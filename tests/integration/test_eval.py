@@ -1,0 +1,35 @@
+"""`flip-reward eval` end to end against the real service, on 20-row slices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import ROOT, SAMPLES
+
+pytestmark = pytest.mark.integration
+
+
+def test_eval_cli_on_20_rows(server, tmp_path):
+    out = tmp_path / "eval"
+    command = [
+        sys.executable, "-m", "app.cli", "eval",
+        str(SAMPLES / "autoj_pairwise_64.jsonl"), str(SAMPLES / "selfinstruct_reconstruction_64.jsonl"),
+        "--url", server.url, "--limit", "20", "--modes", "direct", "--out", str(out), "--quiet",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    pairs = results["autoj_pairwise_64"]["methods"]
+    for name in ("likelihood-pmi (default)", "generate-direct-hybrid", "llm-judge (1-10)", "length (longer wins)",
+                 "relevance (no LM)"):
+        accuracy = pairs[name]["accuracy"]
+        assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
+    probes = results["selfinstruct_reconstruction_64"]["methods"]["likelihood-pmi (default)"]["probes"]
+    assert probes["restate"]["honest_wins"]["value"] >= 0.9
+    report = (out / "report.md").read_text()
+    assert "Pairwise accuracy" in report and "restate" in report
+    assert (out / "accuracy_by_method.png").stat().st_size > 1000
