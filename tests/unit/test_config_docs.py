@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from app.config import Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_table():
+    missing = [name for name in Settings.model_fields if f"`FLIP_{name.upper()}`" not in README]
+    assert not missing, f"README configuration table lacks: {missing}"
+
+
+def test_cli_flags_map_onto_settings():
+    from app.cli import build_parser, _settings_from
+
+    args = build_parser().parse_args(["serve", "--max-tokens", "12", "--no-copy-guard", "--method", "generate"])
+    settings = _settings_from(args, set())
+    assert (settings.max_tokens, settings.copy_guard, settings.method) == (12, False, "generate")
