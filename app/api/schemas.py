@@ -75,6 +75,10 @@ class RewardItem(BaseModel):
 class ScoringOptions(BaseModel):
     similarity: Similarity | None = Field(None, description="f1, embedding or hybrid; unset: the server default.")
     details: bool = Field(False, description="Include the model's raw output in each result.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Deadline for this request in seconds (unset: the server default; at most "
+        "the server's max_request_timeout_s). Past it: 504, and the engine work is aborted."
+    )
 
 
 class RewardRequest(RewardItem, ScoringOptions):

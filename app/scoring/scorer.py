@@ -20,6 +20,7 @@ from app import metrics
 from app.config import PromptMode, Settings, Similarity
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
+from app.scoring.constraints import paper_output_regex
 from app.scoring.parse import parse_direct, parse_instruction, strip_think
 from app.scoring.prompts import build_reconstruction_prompt
 from app.scoring.similarity import hybrid, paired_cosine_01, word_f1
@@ -106,14 +107,16 @@ class Scorer:
 
     # --- step 2: reconstruction
 
-    async def _generate(self, prepared: _Prepared) -> Generation:
+    async def _generate(self, prepared: _Prepared, mode: PromptMode) -> Generation:
         started = time.perf_counter()
+        constrain = self.settings.structured_output and mode == "paper"
         generation = await self.engine.generate(
             prepared.token_ids,
             GenerationParams(
                 max_tokens=self.settings.max_tokens,
                 temperature=self.settings.temperature,
                 seed=self.settings.seed,
+                regex=paper_output_regex(prepared.answer_prefix) if constrain else None,
             ),
         )
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
@@ -127,7 +130,7 @@ class Scorer:
         results = [ItemResult(id=item.id, truncated=p.truncated, error=p.error) for item, p in zip(items, prepared)]
 
         todo = [i for i, p in enumerate(prepared) if p.error is None]
-        outputs = await asyncio.gather(*(self._generate(prepared[i]) for i in todo), return_exceptions=True)
+        outputs = await asyncio.gather(*(self._generate(prepared[i], mode) for i in todo), return_exceptions=True)
         if any(isinstance(out, EngineUnavailable) for out in outputs):
             raise next(out for out in outputs if isinstance(out, EngineUnavailable))
 
