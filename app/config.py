@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     max_request_timeout_s: float = Field(
         600.0, gt=0.0, description="Largest deadline a request may ask for with timeout_s."
     )
+    kv_block_size: int = Field(
+        32, ge=16, description="vLLM KV-cache block size, tokens. Prefix caching shares whole blocks only: "
+        "vLLM's CPU default (128) is longer than the shared system prompt, so nothing would be reused.",
+    )
     structured_output: bool = Field(
         False, description="Constrain paper-mode output to its JSON shape with vLLM structured outputs."
     )

@@ -75,6 +75,7 @@ class VLLMEngine:
             max_num_seqs=settings.max_num_seqs,
             seed=settings.seed,
             enable_prefix_caching=True,  # the system prompt is shared by every request
+            block_size=settings.kv_block_size,
         )
         step_stats = EngineStepStats()
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[step_stats.stat_logger_factory()])
