@@ -154,13 +154,17 @@ def run_naive(items: list[dict]) -> dict:
 def in_subprocess(phase: str, items: list[dict]) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     job = RESULTS / f".{phase}-items.json"
+    result = RESULTS / f".{phase}-result.json"
     job.write_text(json.dumps(items))
+    result.unlink(missing_ok=True)
     out = subprocess.run([sys.executable, __file__, "--phase", phase, "--job", str(job)],
                          capture_output=True, text=True, cwd=ROOT)
     job.unlink()
-    if out.returncode != 0:
+    if out.returncode != 0 or not result.exists():  # vLLM writes to stdout too: the result goes to a file
         raise RuntimeError(f"{phase} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    data = json.loads(result.read_text())
+    result.unlink()
+    return data
 
 
 # --- the service
@@ -295,7 +299,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase:  # a subprocess phase: items in, one JSON line out
         items = json.loads(Path(args.job).read_text())
-        print(json.dumps({"raw": run_raw, "naive": run_naive}[args.phase](items)))
+        data = {"raw": run_raw, "naive": run_naive}[args.phase](items)
+        Path(args.job).with_name(f".{args.phase}-result.json").write_text(json.dumps(data))
         return
 
     from app.config import Settings

@@ -15,11 +15,16 @@ _JSON_STRING = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])*'
 _LITERAL_HEAD = '{"REASONING": "'
 
 
+def _literal(text: str) -> str:
+    """Escape regex metacharacters only (re.escape also escapes spaces, which xgrammar warns about)."""
+    return re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", text)
+
+
 def paper_output_regex(answer_prefix: str) -> str | None:
     """Regex for what the model writes after `answer_prefix` in paper mode, or None."""
-    tail = _JSON_STRING + re.escape('", "INFERRED INSTRUCTION": "') + _JSON_STRING + re.escape('"}')
+    tail = _JSON_STRING + _literal('", "INFERRED INSTRUCTION": "') + _JSON_STRING + _literal('"}')
     if answer_prefix == "":
-        return re.escape(_LITERAL_HEAD) + tail
+        return _literal(_LITERAL_HEAD) + tail
     if answer_prefix == _LITERAL_HEAD:
         return tail
     return None
