@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM runs in one step.")
 
     # --- FLIP scoring
-    prompt_mode: PromptMode = Field("paper", description="Reconstruction prompt: paper (reasoning + JSON) or direct.")
+    prompt_mode: PromptMode = Field("direct", description="Reconstruction prompt: paper (reasoning + JSON) or direct.")
     similarity: Similarity = Field("hybrid", description="Default similarity: f1, embedding or hybrid.")
     hybrid_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the embedding cosine in hybrid (the rest is F1)."
