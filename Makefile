@@ -12,3 +12,7 @@ test: setup
 
 unit: setup
 	.venv/bin/python -m pytest -q tests/unit
+
+# Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
+bench:
+	.venv/bin/python bench/throughput.py

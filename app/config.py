@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM runs in one step.")
 
     # --- FLIP scoring
-    prompt_mode: PromptMode = Field("paper", description="Reconstruction prompt: paper (reasoning + JSON) or direct.")
+    prompt_mode: PromptMode = Field("direct", description="Reconstruction prompt: paper (reasoning + JSON) or direct.")
     similarity: Similarity = Field("hybrid", description="Default similarity: f1, embedding or hybrid.")
     hybrid_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the embedding cosine in hybrid (the rest is F1)."
@@ -119,10 +119,39 @@ class Settings(BaseSettings):
             return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         return value
 
+    # --- throughput: batching, caching, backpressure, deadlines
+    embedding_batch_size: int = Field(
+        64, ge=1, description="Most texts the embedding micro-batcher encodes in one model call."
+    )
+    embedding_batch_wait_ms: float = Field(
+        5.0, ge=0.0, description="How long the embedding micro-batcher waits for more texts before encoding, ms."
+    )
+    embedding_cache_size: int = Field(
+        4096, ge=0, description="Instruction embeddings kept in the LRU cache (0: no cache)."
+    )
+    max_queued_items: int = Field(
+        1024, ge=1, description="Most items accepted and not yet scored, over all requests (more: 429)."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0.0, description="Default deadline of a request, seconds (past it: 504, engine work aborted)."
+    )
+    max_request_timeout_s: float = Field(
+        600.0, gt=0.0, description="Largest deadline a request may ask for with timeout_s."
+    )
+    kv_block_size: int = Field(
+        32, ge=16, description="vLLM KV-cache block size, tokens. Prefix caching shares whole blocks only: "
+        "vLLM's CPU default (128) is longer than the shared system prompt, so nothing would be reused.",
+    )
+    structured_output: bool = Field(
+        False, description="Constrain paper-mode output to its JSON shape with vLLM structured outputs."
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_tokens >= self.max_model_len:
             raise ValueError("max_tokens must be smaller than max_model_len")
         if self.engine == "remote" and not self.remote_urls:
             raise ValueError("engine=remote needs remote_urls (FLIP_REMOTE_URLS)")
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
         return self

@@ -37,3 +37,20 @@ REWARDS = Histogram(
 REMOTE_REQUESTS = Counter(
     "flip_remote_requests_total", "Requests to remote OpenAI-compatible servers by URL and outcome.", ["url", "outcome"]
 )
+# --- throughput: batching, caching, backpressure (names used by the Grafana dashboard)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+QUEUE_DEPTH = Gauge("flip_queue_depth", "Items accepted and not yet scored, over all requests.")
+ENGINE_BATCH_SIZE = Histogram(
+    "flip_engine_batch_size", "Requests running in the vLLM engine, per engine step (vLLM scheduler stats).",
+    buckets=_BATCH_BUCKETS,
+)
+EMBEDDING_BATCH_SIZE = Histogram(
+    "flip_embedding_batch_size", "Texts encoded in one embedding-model call.", buckets=_BATCH_BUCKETS
+)
+EMBEDDING_CACHE_HITS = Counter("flip_embedding_cache_hits_total", "Instruction embeddings served from the cache.")
+EMBEDDING_CACHE_MISSES = Counter("flip_embedding_cache_misses_total", "Instruction embeddings that had to be encoded.")
+REJECTED = Counter("flip_rejected_total", "Requests refused with 429 because the queue bound was reached.")
+TIMEOUTS = Counter("flip_timeouts_total", "Requests past their deadline (504); their engine work was aborted.")
+ABORTS = Counter("flip_aborts_total", "Requests whose client disconnected; their engine work was aborted.")
+# vLLM's own prefix-cache counters (vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)
+# land in the same registry: its Prometheus stat logger runs in this process.

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app import metrics
+from app.batching import Admission
 from app.config import Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
@@ -53,7 +55,14 @@ def load_engine(settings: Settings) -> Engine:
 
 def load_embedder(settings: Settings) -> Embedder:
     with TRANSFORMERS_LOCK:  # the remote engine's tokenizer may be loading beside it
-        return Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
+        return Embedder(
+            resolve_embedding_model(settings.embedding_model),
+            device=settings.embedding_device,
+            cache_size=settings.embedding_cache_size,
+            max_batch_size=settings.embedding_batch_size,
+            max_wait_ms=settings.embedding_batch_wait_ms,
+            model_name=settings.embedding_model or BUILTIN_EMBEDDING_NAME,
+        )
 
 
 class FlipService:
@@ -72,6 +81,8 @@ class FlipService:
         self.engine: Engine | None = None
         self.embedder: Embedder | None = None
         self.scorer: Scorer | None = None
+        # Items accepted by the routes and not yet scored; the bound turns a burst into 429s.
+        self.admission = Admission(settings.max_queued_items, on_change=metrics.QUEUE_DEPTH.set)
 
     async def load(self) -> None:
         started = time.perf_counter()
@@ -118,6 +129,15 @@ class FlipService:
             "sampling": {"temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed},
             "limits": {"max_batch_items": s.max_batch_items, "max_model_len": s.max_model_len},
             "load_seconds": self.load_seconds,
+            "throughput": {
+                "queued_items": self.admission.queued,
+                "max_queued_items": s.max_queued_items,
+                "request_timeout_s": s.request_timeout_s,
+                "max_request_timeout_s": s.max_request_timeout_s,
+                "structured_output": s.structured_output,
+                "engine": self.engine.stats() if self.engine else None,
+                "embedding_cache": self.embedder.cache_info() if hasattr(self.embedder, "cache_info") else None,
+            },
         }
 
     def stop_accepting(self) -> None:
@@ -127,5 +147,7 @@ class FlipService:
 
     async def shutdown(self) -> None:
         self.status = Status.STOPPING
+        if hasattr(self.embedder, "close"):
+            await self.embedder.close()
         if self.engine is not None:
             await self.engine.shutdown()

@@ -62,12 +62,20 @@ class FakeEngine:
         self.healthy = True
         self.calls: list[list[int]] = []
         self.shut_down = False
+        self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
+        self.running = 0  # generations in progress; a cancelled one leaves at once
+        self.last_params: GenerationParams | None = None
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         if not self.healthy:
             raise EngineUnavailable("fake engine is down")
         self.calls.append(prompt_token_ids)
-        await asyncio.sleep(0)
+        self.last_params = params
+        self.running += 1
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.running -= 1
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'
@@ -84,6 +92,9 @@ class FakeEngine:
 
     def is_healthy(self) -> bool:
         return self.healthy
+
+    def stats(self) -> dict:
+        return {"unfinished_requests": self.running, "prefix_cache": None}
 
     async def shutdown(self) -> None:
         self.shut_down = True

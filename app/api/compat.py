@@ -71,11 +71,11 @@ def _label_messages(label: object, tokens: Sequence[str]) -> list[dict] | None:
 
 
 async def _score_or_error(
-    service: FlipService, items: list[RewardItem | str], similarity: Similarity | None
+    service: FlipService, items: list[RewardItem | str], similarity: Similarity | None, request: Request
 ) -> list[RewardResult]:
     """Scores the RewardItems in one engine batch; a string stands for an unreadable sample."""
     todo = [item for item in items if isinstance(item, RewardItem)]
-    scored = iter(await _score(service, todo, ScoringOptions(similarity=similarity)) if todo else [])
+    scored = iter(await _score(service, todo, ScoringOptions(similarity=similarity), request) if todo else [])
     return [
         _to_result(next(scored), False)
         if isinstance(item, RewardItem)
@@ -131,7 +131,7 @@ async def openrlhf_get_reward(
         except _Unreadable as exc:
             items.append(str(exc))
 
-    results = await _score_or_error(service, items, similarity)
+    results = await _score_or_error(service, items, similarity, request)
     rewards = [r.reward for r in results]
 
     def per_item(pick) -> list[float | None]:
@@ -167,5 +167,5 @@ async def slime_reward(
         item: RewardItem | str = _item(messages, strip_special_tokens(body.response, tokens))
     except _Unreadable as exc:
         item = str(exc)
-    (result,) = await _score_or_error(service, [item], similarity)
+    (result,) = await _score_or_error(service, [item], similarity, request)
     return SlimeResponse(**result.model_dump())

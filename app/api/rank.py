@@ -27,7 +27,7 @@ async def rank(body: RankRequest, request: Request) -> RankResponse:
     if len(body.responses) > limit:
         raise ApiError(413, "too_many_items", f"responses: {len(body.responses)} responses, the limit is {limit}",
                        "responses")
-    results = await _score(service, body.reward_items(), body)
+    results = await _score(service, body.reward_items(), body, request)
     rewards = [r.reward for r in results]
     ranking = rank_order(rewards)
     return RankResponse(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
 from app import metrics
+from app.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.api.errors import ApiError
 from app.api.schemas import (
     BatchRewardRequest,
@@ -19,6 +22,7 @@ from app.api.schemas import (
     Usage,
 )
 from app.scoring.prompts import PROMPT_VERSION
+from app.batching import QueueFull
 from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
 from app.service import FlipService
 
@@ -54,9 +58,45 @@ def _to_result(result: ItemResult, details: bool) -> RewardResult:
     )
 
 
-async def _score(service: FlipService, items: list[RewardItem], options: ScoringOptions) -> list[ItemResult]:
+def _deadline(service: FlipService, options: ScoringOptions) -> float:
+    settings = service.settings
+    if options.timeout_s is None:
+        return settings.request_timeout_s
+    if options.timeout_s > settings.max_request_timeout_s:
+        raise ApiError(
+            422, "validation_error",
+            f"timeout_s: {options.timeout_s} s is more than the limit of {settings.max_request_timeout_s} s",
+            "timeout_s",
+        )
+    return options.timeout_s
+
+
+async def _score(
+    service: FlipService, items: list[RewardItem], options: ScoringOptions, request: Request
+) -> list[ItemResult]:
+    """Admission (429 past the queue bound), then the scorer under the request's deadline (504),
+    cancelled if the client goes away; every way out aborts the engine work still running."""
+    deadline = _deadline(service, options)
     metrics.ITEMS_PER_REQUEST.observe(len(items))
-    return await service.scorer.score([_to_item(i) for i in items], score_options(service, options))
+
+    async def score_within_deadline() -> list[ItemResult]:
+        async with asyncio.timeout(deadline):
+            return await service.scorer.score([_to_item(i) for i in items], score_options(service, options))
+
+    try:
+        with service.admission.admit(len(items)):
+            return await cancel_on_disconnect(request, score_within_deadline())
+    except QueueFull as exc:
+        metrics.REJECTED.inc()
+        # Work drains at engine speed (tens of items a second on a CPU, far more on a GPU): a
+        # second is a fair first wait; clients back off further on repeated 429s.
+        raise ApiError(429, "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": "1"})
+    except TimeoutError:
+        metrics.TIMEOUTS.inc()
+        raise ApiError(504, "timeout", f"not scored within the deadline of {deadline:g} s; the work was aborted")
+    except ClientDisconnected:
+        # Nobody is listening; the status is only for the access log and the request metrics.
+        raise ApiError(499, "client_disconnected", "the client disconnected; the work was aborted")
 
 
 def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions:
@@ -74,7 +114,7 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
 async def reward(body: RewardRequest, request: Request) -> RewardResponse:
     """Score one response against its instruction."""
     service = ready_service(request)
-    (result,) = await _score(service, [body], body)
+    (result,) = await _score(service, [body], body, request)
     return RewardResponse(
         **_to_result(result, body.details).model_dump(),
         model=service.engine.model_name,
@@ -88,10 +128,11 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewar
     """Score many items in one engine batch. Results keep the input order; an item that could
     not be scored has `reward: null` and an `error`, never a made-up 0."""
     service = ready_service(request)
-    limit = service.settings.max_batch_items
+    # A batch larger than the queue bound could never be admitted: that is a 413, not a 429.
+    limit = min(service.settings.max_batch_items, service.settings.max_queued_items)
     if len(body.items) > limit:
         raise ApiError(413, "too_many_items", f"items: {len(body.items)} items, the limit is {limit}", "items")
-    results = await _score(service, body.items, body)
+    results = await _score(service, body.items, body, request)
     return BatchRewardResponse(
         model=service.engine.model_name,
         method=body.method or service.settings.method,

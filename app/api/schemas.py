@@ -88,6 +88,10 @@ class ScoringOptions(BaseModel):
         None, description="Discount instruction words the response copies verbatim; unset: the server default."
     )
     details: bool = Field(False, description="Include the model's raw output in each result.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Deadline for this request in seconds (unset: the server default; at most "
+        "the server's max_request_timeout_s). Past it: 504, and the engine work is aborted."
+    )
 
 
 class RewardRequest(RewardItem, ScoringOptions):

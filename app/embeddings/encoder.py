@@ -1,8 +1,11 @@
 """Sentence embeddings for the similarity step (sentence-transformers, in process).
 
 Encoding runs in a worker thread so the event loop keeps serving while a batch is encoded.
-Instruction embeddings are cached (LRU, keyed by text): in GRPO the same instruction is scored
-once per sampled response, so a group of G responses encodes it once.
+Concurrent requests are encoded together: a micro-batcher (app/batching.py) gathers the texts
+of every request that arrives within a few milliseconds into one model call.
+Instruction embeddings are cached (LRU, keyed by model and text): in GRPO the same instruction is
+scored once per sampled response, so a group of G responses encodes it once, even when the G
+requests arrive at the same moment (the first one encodes, the others wait for it).
 """
 
 from __future__ import annotations
@@ -13,41 +16,96 @@ from collections import OrderedDict
 
 import numpy as np
 
+from app import metrics
+from app.batching import MicroBatcher
+
 
 class Embedder:
-    def __init__(self, model_path: str, device: str = "cpu", cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        cache_size: int = 4096,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 5.0,
+        model_name: str | None = None,
+    ) -> None:
         from sentence_transformers import SentenceTransformer  # heavy import, only when used
 
         self.model_path = model_path
+        self.model_name = model_name or model_path
         self._model = SentenceTransformer(model_path, device=device, local_files_only=True)
-        self._lock = threading.RLock()  # one encode at a time; also guards the cache
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        self._lock = threading.Lock()  # one encode at a time (the CLI may call encode directly)
+        self._max_batch_size = max_batch_size
+        self._batcher = MicroBatcher(
+            self._encode_in_thread, max_batch_size, max_wait_ms / 1000, on_batch=metrics.EMBEDDING_BATCH_SIZE.observe
+        )
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._pending: dict[tuple[str, str], tuple[asyncio.Future, int]] = {}  # being encoded now: (task, row)
+        self.cache_size = cache_size
         self.cache_hits = 0
+        self.cache_misses = 0
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Normalised embeddings, one row per text."""
         with self._lock:
             return self._model.encode(
-                texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+                texts,
+                batch_size=self._max_batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
             )
 
-    def encode_cached(self, texts: list[str]) -> np.ndarray:
-        """Like encode, but texts seen recently are not encoded again."""
-        with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-            if missing:
-                for text, vector in zip(missing, self.encode(missing)):
-                    self._cache[text] = vector
-            self.cache_hits += len(texts) - len(missing)
-            rows = []
-            for text in texts:
-                self._cache.move_to_end(text)
-                rows.append(self._cache[text])
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return np.stack(rows)
+    async def _encode_in_thread(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.encode, texts)
 
     async def aencode(self, texts: list[str], cached: bool = False) -> np.ndarray:
-        fn = self.encode_cached if cached else self.encode
-        return await asyncio.to_thread(fn, texts)
+        """Embeddings of `texts`, encoded together with other concurrent callers' texts.
+        With cached=True, texts seen recently are taken from the LRU cache."""
+        if not cached or self.cache_size == 0:
+            return np.stack(await self._batcher.submit(texts))
+        keys = [(self.model_name, text) for text in texts]
+        found: dict[tuple[str, str], np.ndarray] = {}
+        encoding: dict[tuple[str, str], tuple[asyncio.Future, int]] = {}  # key -> (task, row)
+        missing = []
+        for key in dict.fromkeys(keys):
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                found[key] = self._cache[key]
+            elif key in self._pending:  # another request is encoding it right now
+                encoding[key] = self._pending[key]
+            else:
+                missing.append(key)
+        hits = len(keys) - len(missing)
+        self.cache_hits += hits
+        self.cache_misses += len(missing)
+        metrics.EMBEDDING_CACHE_HITS.inc(hits)
+        metrics.EMBEDDING_CACHE_MISSES.inc(len(missing))
+        if missing:
+            # A task of its own: a caller that is cancelled (client gone) must not take the
+            # encoding away from the concurrent callers waiting for the same texts.
+            task = asyncio.ensure_future(self._batcher.submit([text for _, text in missing]))
+            task.add_done_callback(lambda done, keys=missing: self._store(keys, done))
+            for index, key in enumerate(missing):
+                self._pending[key] = encoding[key] = (task, index)
+        for key, (task, index) in encoding.items():
+            found[key] = (await asyncio.shield(task))[index]
+        return np.stack([found[key] for key in keys])
+
+    def _store(self, keys: list[tuple[str, str]], task: asyncio.Future) -> None:
+        for key in keys:
+            self._pending.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        for key, vector in zip(keys, task.result()):
+            self._cache[key] = vector
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def cache_info(self) -> dict[str, int]:
+        return {"size": len(self._cache), "max_size": self.cache_size, "hits": self.cache_hits,
+                "misses": self.cache_misses}
+
+    async def close(self) -> None:
+        await self._batcher.close()

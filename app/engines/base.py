@@ -17,6 +17,7 @@ class GenerationParams:
     temperature: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    regex: str | None = None  # constrain the output to this pattern (vLLM structured outputs)
 
 
 @dataclass(frozen=True)
@@ -47,5 +48,8 @@ class Engine(Protocol):
 
     def is_healthy(self) -> bool:
         """False once the engine has died; the service then reports not ready."""
+
+    def stats(self) -> dict[str, Any]:
+        """Engine state for /info: unfinished (running + waiting) requests, prefix-cache totals."""
 
     async def shutdown(self) -> None: ...

@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any
 
+from app import metrics
 from app.config import Settings
 from app.engines.base import EngineUnavailable, Generation, GenerationParams
 
@@ -23,11 +24,45 @@ def resolve_dtype(dtype: str) -> str:
     import torch
 
     return "auto" if torch.cuda.is_available() else "float32"
+class EngineStepStats:
+    """Totals from vLLM's scheduler stats, fed by a stat logger on every engine step: how many
+    requests ran together (the engine's batch size) and how the prefix cache did."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.prefix_cache_queries = 0  # prompt tokens looked up
+        self.prefix_cache_hits = 0  # prompt tokens found, not computed again
+
+    def stat_logger_factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        totals = self
+
+        class FlipStatLogger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+                if scheduler_stats is None:
+                    return
+                if scheduler_stats.num_running_reqs:
+                    totals.steps += 1
+                    metrics.ENGINE_BATCH_SIZE.observe(scheduler_stats.num_running_reqs)
+                prefix = scheduler_stats.prefix_cache_stats
+                if prefix is not None:
+                    totals.prefix_cache_queries += prefix.queries
+                    totals.prefix_cache_hits += prefix.hits
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return FlipStatLogger
 
 
 class VLLMEngine:
-    def __init__(self, llm: Any, model_name: str, max_model_len: int) -> None:
+    def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
         self._llm = llm
+        self.step_stats = step_stats or EngineStepStats()
         self.model_name = model_name
         self.max_model_len = max_model_len
         self._tokenizer = llm.get_tokenizer()
@@ -50,9 +85,11 @@ class VLLMEngine:
             max_num_seqs=settings.max_num_seqs,
             seed=settings.seed,
             enable_prefix_caching=True,  # the system prompt is shared by every request
+            block_size=settings.kv_block_size,
         )
-        llm = AsyncLLM.from_engine_args(args)
-        return cls(llm, model_name or model_path, settings.max_model_len)
+        step_stats = EngineStepStats()
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[step_stats.stat_logger_factory()])
+        return cls(llm, model_name or model_path, settings.max_model_len, step_stats)
 
     @property
     def tokenizer(self) -> Any:
@@ -78,8 +115,10 @@ class VLLMEngine:
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         sampling = SamplingParams(
+            structured_outputs=StructuredOutputsParams(regex=params.regex) if params.regex else None,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             seed=params.seed if params.temperature > 0 else None,
@@ -110,6 +149,14 @@ class VLLMEngine:
 
     def num_unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
+
+    def stats(self) -> dict[str, Any]:
+        """For /info: requests in the engine now, and the prefix cache's record so far."""
+        queries, hits = self.step_stats.prefix_cache_queries, self.step_stats.prefix_cache_hits
+        return {
+            "unfinished_requests": self.num_unfinished_requests(),
+            "prefix_cache": {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else None},
+        }
 
     async def shutdown(self) -> None:
         self._llm.shutdown()

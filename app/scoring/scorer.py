@@ -29,6 +29,7 @@ from app.config import Method, PromptMode, Settings, Similarity
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
 from app.scoring import guards
+from app.scoring.constraints import paper_output_regex
 from app.scoring.parse import parse_direct, parse_instruction, parse_judge_score, strip_think
 from app.scoring.prompts import (
     NO_RESPONSE,
@@ -186,10 +187,19 @@ class Scorer:
         fitted = await asyncio.to_thread(lambda: [self._fit(build, item, budget) for item in items])
         results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
         todo = [i for i, f in enumerate(fitted) if f.error is None]
-        params = GenerationParams(
-            max_tokens=self.settings.max_tokens, temperature=self.settings.temperature, seed=self.settings.seed
+        constrain = self.settings.structured_output and mode == "paper"
+
+        def params(prefix: str) -> GenerationParams:
+            return GenerationParams(
+                max_tokens=self.settings.max_tokens,
+                temperature=self.settings.temperature,
+                seed=self.settings.seed,
+                regex=paper_output_regex(prefix) if constrain else None,
+            )
+
+        outputs = await self._run(
+            [self._timed_generate(fitted[i].token_ids, params(fitted[i].answer_prefix)) for i in todo]
         )
-        outputs = await self._run([self._timed_generate(fitted[i].token_ids, params) for i in todo])
 
         scored: list[int] = []
         for i, out in zip(todo, outputs):
