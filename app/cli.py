@@ -37,15 +37,19 @@ def _settings_from(args: argparse.Namespace, own: set[str]) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.logs import log_config
     from app.main import create_app
 
     settings = _settings_from(args, set())
     app = create_app(settings, exit_on_load_failure=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, log_config=log_config(settings.log_level, settings.log_format))
     service = app.state.service
     if service.load_error:
         print(f"flip-reward: {service.load_error}", file=sys.stderr)
+        return 1
+    if service.engine_failure:  # exit non-zero so the orchestrator restarts the service
+        print(f"flip-reward: engine failed: {service.engine_failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -16,8 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.api import health, reward
+from app.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimitMiddleware
 from app.config import Settings
+from app.logs import request_id_var
 from app.service import FlipService, Status
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)
         status = 500
         started = time.perf_counter()
 
@@ -58,11 +63,26 @@ class RequestContextMiddleware:
             metrics.REQUEST_LATENCY.labels(route=label).observe(time.perf_counter() - started)
 
 
+# After an engine failure the process exits (exit code 1) and the orchestrator starts a fresh one.
+# If a graceful stop itself hangs (a stuck engine process), this many seconds later it is forced.
+FORCED_EXIT_AFTER_S = 60.0
+
+
+def exit_after_engine_failure(grace_s: float) -> None:
+    """Leave grace_s for in-flight requests to get their 503, then stop like on SIGTERM."""
+    asyncio.get_running_loop().call_later(grace_s, os.kill, os.getpid(), signal.SIGTERM)
+    timer = threading.Timer(grace_s + FORCED_EXIT_AFTER_S, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
 def create_app(
     settings: Settings | None = None, service: FlipService | None = None, exit_on_load_failure: bool = False
 ) -> FastAPI:
     settings = settings or Settings()
     service = service or FlipService(settings)
+    if exit_on_load_failure:  # the CLI's server: an engine failure ends the process too
+        service.on_engine_failure = lambda reason: exit_after_engine_failure(settings.exit_grace_s)
 
     async def load_models() -> None:
         await service.load()
@@ -85,8 +105,22 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings
+    # Outermost last: request ids first, then the key check, then the body limits, then the routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       log_bodies=settings.log_bodies)
+    keys, public = load_api_keys(settings), open_paths(settings)
+    app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=public)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(reward.router)
     app.include_router(health.router)
+    if keys:
+        plain_openapi = app.openapi
+
+        def openapi_with_auth() -> dict:
+            if app.openapi_schema is None:
+                app.openapi_schema = document_bearer_auth(plain_openapi(), public)
+            return app.openapi_schema
+
+        app.openapi = openapi_with_auth
     return app

@@ -16,6 +16,7 @@ from typing import Any
 from app.config import Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
+from app.engines.watchdog import watch
 from app.models import BUILTIN_EMBEDDING_NAME, BUILTIN_LLM_NAME, resolve_embedding_model, resolve_llm
 from app.scoring.scorer import Scorer
 
@@ -56,6 +57,9 @@ class FlipService:
         self.engine: Engine | None = None
         self.embedder: Embedder | None = None
         self.scorer: Scorer | None = None
+        self.engine_failure: str | None = None  # set by the watchdog; the process then exits
+        self.on_engine_failure: Callable[[str], None] | None = None
+        self._watchdog: asyncio.Task | None = None
 
     async def load(self) -> None:
         started = time.perf_counter()
@@ -74,12 +78,25 @@ class FlipService:
         self.load_seconds = time.perf_counter() - started
         self.status = Status.READY
         log.info("models loaded in %.1f s; ready", self.load_seconds)
+        self._watchdog = asyncio.create_task(
+            watch(self.engine, self._engine_failed, self.settings.watchdog_interval_s, self.settings.engine_stall_s)
+        )
+
+    def _engine_failed(self, reason: str) -> None:
+        if self.status == Status.STOPPING:  # the engine going down during shutdown is expected
+            return
+        self.engine_failure = reason
+        log.error("engine failure: %s; the service is not ready and will exit", reason)
+        if self.on_engine_failure is not None:
+            self.on_engine_failure(reason)
 
     @property
     def ready(self) -> bool:
         return self.status == Status.READY and self.engine is not None and self.engine.is_healthy()
 
     def not_ready_reason(self) -> str:
+        if self.engine_failure is not None:
+            return f"the engine has failed ({self.engine_failure}); the service is exiting to be restarted"
         if self.status == Status.READY and self.engine is not None and not self.engine.is_healthy():
             return "the engine has stopped"
         if self.status == Status.FAILED:
@@ -106,5 +123,7 @@ class FlipService:
 
     async def shutdown(self) -> None:
         self.status = Status.STOPPING
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.engine is not None:
             await self.engine.shutdown()

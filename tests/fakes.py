@@ -53,12 +53,28 @@ class FakeEngine:
         self.healthy = True
         self.calls: list[list[int]] = []
         self.shut_down = False
+        self.outstanding_requests = 0
+        self.last_progress_at = 0.0
+        self.failure: str | None = None
+        self.stuck = False  # True: generate() hangs like a stuck engine until mark_failed()
+
+    def mark_failed(self, reason: str) -> None:
+        self.failure = reason
+        self.healthy = False
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         if not self.healthy:
             raise EngineUnavailable("fake engine is down")
         self.calls.append(prompt_token_ids)
         await asyncio.sleep(0)
+        if self.stuck:
+            self.outstanding_requests += 1
+            try:
+                while self.healthy:  # stuck until the watchdog fails the engine
+                    await asyncio.sleep(0.01)
+            finally:
+                self.outstanding_requests -= 1
+            raise EngineUnavailable(f"fake engine failed: {self.failure}")
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'

@@ -48,4 +48,11 @@ class Engine(Protocol):
     def is_healthy(self) -> bool:
         """False once the engine has died; the service then reports not ready."""
 
+    # Progress probe for the watchdog (app/engines/watchdog.py).
+    outstanding_requests: int
+    last_progress_at: float  # time.monotonic() of the last output, or of the start of a busy spell
+
+    def mark_failed(self, reason: str) -> None:
+        """Fail every request in flight (EngineUnavailable) and every later one."""
+
     async def shutdown(self) -> None: ...
