@@ -4,6 +4,7 @@ that loads the models in the background and shuts the engine down at the end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -12,13 +13,14 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
+import psutil
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.api import health, reward
 from app.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
-from app.api.errors import install_error_handlers
+from app.api.errors import install_error_handlers, send_error
 from app.api.limits import BodyLimitMiddleware
 from app.config import Settings
 from app.logs import request_id_var
@@ -45,16 +47,24 @@ class RequestContextMiddleware:
         status = 500
         started = time.perf_counter()
 
+        response_started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode("latin-1")))
             await send(message)
 
         metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here rather than by Starlette's outermost handler, so the 500 carries the id too.
+            log.exception("unhandled error on %s", scope.get("path"))
+            if response_started:
+                raise  # too late for an error body; the server closes the connection
+            await send_error(scope, send_with_id, 500, "internal_error", "internal error; see the server log")
         finally:
             metrics.IN_FLIGHT.dec()
             route = scope.get("route")
@@ -69,8 +79,16 @@ FORCED_EXIT_AFTER_S = 60.0
 
 
 def exit_after_engine_failure(grace_s: float) -> None:
-    """Leave grace_s for in-flight requests to get their 503, then stop like on SIGTERM."""
-    asyncio.get_running_loop().call_later(grace_s, os.kill, os.getpid(), signal.SIGTERM)
+    """Leave grace_s for in-flight requests to get their 503, then stop like on SIGTERM. The engine's
+    processes are killed first: a hung one would otherwise stall the shutdown or be left behind."""
+
+    def stop() -> None:
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.get_running_loop().call_later(grace_s, stop)
     timer = threading.Timer(grace_s + FORCED_EXIT_AFTER_S, os._exit, args=(1,))
     timer.daemon = True
     timer.start()
