@@ -38,12 +38,17 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.logs import log_config
-    from app.main import create_app
+    from app.main import create_app, exit_after_engine_failure
 
     settings = _settings_from(args, set())
     app = create_app(settings, exit_on_load_failure=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30, log_config=log_config(settings.log_level, settings.log_format))
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=30, log_config=log_config(settings.log_level, settings.log_format),
+    ))
+    # A dead or hung engine ends the process (exit code 1); the orchestrator restarts it.
+    app.state.service.on_engine_failure = lambda reason: exit_after_engine_failure(settings.exit_grace_s, server)
+    server.run()
     service = app.state.service
     if service.load_error:
         print(f"flip-reward: {service.load_error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psutil
 from fastapi import FastAPI
@@ -74,19 +75,19 @@ class RequestContextMiddleware:
 
 
 # After an engine failure the process exits (exit code 1) and the orchestrator starts a fresh one.
-# If a graceful stop itself hangs (a stuck engine process), this many seconds later it is forced.
+# If a graceful stop itself hangs, this many seconds later the exit is forced.
 FORCED_EXIT_AFTER_S = 60.0
 
 
-def exit_after_engine_failure(grace_s: float) -> None:
-    """Leave grace_s for in-flight requests to get their 503, then stop like on SIGTERM. The engine's
-    processes are killed first: a hung one would otherwise stall the shutdown or be left behind."""
+def exit_after_engine_failure(grace_s: float, server: Any) -> None:
+    """Leave grace_s for in-flight requests to get their 503, then stop the uvicorn server. The
+    engine's processes are killed first: a hung one would otherwise stall the stop or be left behind."""
 
     def stop() -> None:
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 child.kill()
-        os.kill(os.getpid(), signal.SIGTERM)
+        server.should_exit = True  # not a signal: uvicorn would re-raise it and hide the exit code
 
     asyncio.get_running_loop().call_later(grace_s, stop)
     timer = threading.Timer(grace_s + FORCED_EXIT_AFTER_S, os._exit, args=(1,))
@@ -99,8 +100,6 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     service = service or FlipService(settings)
-    if exit_on_load_failure:  # the CLI's server: an engine failure ends the process too
-        service.on_engine_failure = lambda reason: exit_after_engine_failure(settings.exit_grace_s)
 
     async def load_models() -> None:
         await service.load()

@@ -217,7 +217,6 @@ def _fault_under_load(server: RunningServer, inflict) -> dict:
         assert load.ok.wait(180), "no request succeeded before the fault"
         time.sleep(1.0)  # let every client have a request in flight
         fault_at = time.monotonic()
-        in_flight = [r for r in load.records if r.answered_at is None and r.transport_error is None]
         inflict(server)
         watched = _watch_until_exit(server, fault_at, STALL_S + EXIT_BOUND_S)
         load.stop.set()
@@ -233,6 +232,12 @@ def _fault_under_load(server: RunningServer, inflict) -> dict:
             except psutil.Error:
                 pass
         stop_server(server)
+    # In flight: sent before the fault and still unanswered shortly after it (an answer already on
+    # its way when the fault hit may still arrive as a 200).
+    in_flight = [
+        r for r in load.records
+        if r.sent_at < fault_at and (r.answered_at is None or r.answered_at >= fault_at + 0.2)
+    ]
     first_503 = min((r.answered_at for r in load.records if r.status == 503), default=None)
     timeline = {
         "requests": len(load.records),
