@@ -143,11 +143,14 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
     log["statuses"].clear()
     started = time.monotonic()
     peak = [rss_start]
+    timeline: list[tuple[float, float]] = []  # (seconds, server RSS MiB): a leak climbs, a warm-up levels off
 
     async def sample_rss() -> None:
         while pid:
             await asyncio.sleep(1.0)
-            peak[0] = max(peak[0], _rss(pid), key=lambda r: r[1])
+            sample = _rss(pid)
+            peak[0] = max(peak[0], sample, key=lambda r: r[1])
+            timeline.append((round(time.monotonic() - started, 1), round(sample[0] / MIB, 1)))
 
     sampler = asyncio.create_task(sample_rss())
     await _send_all(url, plan[warmup:], warmup, clients, deadline, api_key, log)
@@ -192,6 +195,7 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
             "rss_tree_peak_mib": round(peak[0][1] / MIB, 1),
             "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
             "rss_growth_bound_mib": max_rss_growth_mib,
+            "rss_timeline_mib": timeline[:: max(1, len(timeline) // 20)],
         })
     result["passed"] = (
         result["answered_exactly_once"]
