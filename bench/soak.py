@@ -129,7 +129,7 @@ async def _send_all(url: str, requests: list[tuple[str, dict | bytes, int]], fir
 
 
 async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int = 400, warmup: int = 32,
-                   max_seconds: float = 1200, max_rss_growth_mib: float = 64, seed: int = 0,
+                   max_seconds: float = 1200, max_rss_growth_mib: float = 128, seed: int = 0,
                    api_key: str | None = None) -> dict:
     _require_loopback(url)
     deadline = time.monotonic() + max_seconds
@@ -241,7 +241,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="measured requests, after the warm-up")
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long")
-    parser.add_argument("--max-rss-growth-mib", type=float, default=64)
+    parser.add_argument("--max-rss-growth-mib", type=float, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
