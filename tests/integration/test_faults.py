@@ -236,7 +236,9 @@ def _fault_under_load(server: RunningServer, inflict) -> dict:
     # its way when the fault hit may still arrive as a 200).
     in_flight = [
         r for r in load.records
-        if r.sent_at < fault_at and (r.answered_at is None or r.answered_at >= fault_at + 0.2)
+        if r.sent_at < fault_at
+        and (r.answered_at is None or r.answered_at >= fault_at)
+        and not (r.status == 200 and r.answered_at < fault_at + 0.2)
     ]
     first_503 = min((r.answered_at for r in load.records if r.status == 503), default=None)
     timeline = {
