@@ -78,7 +78,8 @@ class Settings(BaseSettings):
 
     # --- authentication
     api_keys: SecretStr | None = Field(
-        None, description="Comma-separated API keys; when set (or api_keys_file), requests need Authorization: Bearer."
+        None,
+        description="Comma-separated API keys; when set (or api_keys_file), requests need Authorization: Bearer.",
     )
     api_keys_file: Path | None = Field(None, description="File with one API key per line (e.g. a mounted secret).")
     metrics_need_key: bool = Field(False, description="Require an API key for /metrics too (/health, /ready stay open).")
@@ -94,7 +95,9 @@ class Settings(BaseSettings):
 
     # --- logging
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
-    log_bodies: bool = Field(False, description="Debug: log request bodies (first 2,000 bytes). Never on in production.")
+    log_bodies: bool = Field(
+        False, description="Debug: log request bodies (first 2,000 bytes). Never on in production."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -53,8 +53,8 @@ class ApiKeyMiddleware:
         header = Headers(scope=scope).get("authorization")
         challenge = {"WWW-Authenticate": "Bearer"}
         if not header:
-            await send_error(scope, send, 401, "unauthorized", "an API key is required: send Authorization: Bearer <key>",
-                             headers=challenge)
+            message = "an API key is required: send Authorization: Bearer <key>"
+            await send_error(scope, send, 401, "unauthorized", message, headers=challenge)
             return
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -93,9 +93,8 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewar
     service = ready_service(request)
     limit = service.settings.max_batch_items
     if len(body.items) > limit:
-        raise ApiError(
-            413, "too_many_items", f"items: {len(body.items)} items, the limit is {limit} (FLIP_MAX_BATCH_ITEMS)", "items"
-        )
+        message = f"items: {len(body.items)} items, the limit is {limit} (FLIP_MAX_BATCH_ITEMS)"
+        raise ApiError(413, "too_many_items", message, "items")
     check_item_limits(body.items, service.settings, batch=True)
     results = await _score(service, body.items, body)
     return BatchRewardResponse(
