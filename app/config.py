@@ -82,7 +82,9 @@ class Settings(BaseSettings):
         description="Comma-separated API keys; when set (or api_keys_file), requests need Authorization: Bearer.",
     )
     api_keys_file: Path | None = Field(None, description="File with one API key per line (e.g. a mounted secret).")
-    metrics_need_key: bool = Field(False, description="Require an API key for /metrics too (/health, /ready stay open).")
+    metrics_need_key: bool = Field(
+        False, description="Require an API key for /metrics too (/health, /ready stay open)."
+    )
 
     # --- engine watchdog
     watchdog_interval_s: float = Field(1.0, gt=0, description="How often the watchdog checks the engine.")
