@@ -40,10 +40,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from(args, set())
     app = create_app(settings, exit_on_load_failure=True)
-    serve(app, settings)  # uvicorn, draining in-flight requests on SIGTERM
+    serve(app, settings)  # uvicorn, draining in-flight requests on SIGTERM, exiting on engine failure
     service = app.state.service
     if service.load_error:
         print(f"flip-reward: {service.load_error}", file=sys.stderr)
+        return 1
+    if service.engine_failure:  # exit non-zero so the orchestrator restarts the service
+        print(f"flip-reward: engine failed: {service.engine_failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Similarity = Literal["f1", "embedding", "hybrid"]
@@ -90,6 +90,41 @@ class Settings(BaseSettings):
 
     # --- limits
     max_batch_items: int = Field(512, ge=1, description="Most items in one /batch_reward (more: 413).")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body in bytes (more: 413, refused before parsing)."
+    )
+    max_field_chars: int = Field(
+        100_000, ge=1, description="Most characters in one prompt, response or message content (more: 413)."
+    )
+    max_messages: int = Field(64, ge=1, description="Most messages in one conversation (more: 413).")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Most seconds a client may take to send its request body (slower: 408)."
+    )
+
+    # --- authentication
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys; when set (or api_keys_file), requests need Authorization: Bearer.",
+    )
+    api_keys_file: Path | None = Field(None, description="File with one API key per line (e.g. a mounted secret).")
+    metrics_need_key: bool = Field(
+        False, description="Require an API key for /metrics too (/health, /ready stay open)."
+    )
+
+    # --- engine watchdog
+    watchdog_interval_s: float = Field(1.0, gt=0, description="How often the watchdog checks the engine.")
+    engine_stall_s: float = Field(
+        120.0, gt=0, description="Requests outstanding but no engine output for this long: the engine is hung."
+    )
+    exit_grace_s: float = Field(
+        2.0, ge=0, description="After an engine failure, seconds to answer in-flight requests before the process exits."
+    )
+
+    # --- logging
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
+    log_bodies: bool = Field(
+        False, description="Debug: log request bodies (first 2,000 bytes). Never on in production."
+    )
 
     # --- remote engine (OpenAI-compatible servers, e.g. a vLLM fleet) and shutdown
     engine: Literal["local", "remote"] = Field(

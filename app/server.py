@@ -56,11 +56,18 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, settings: Settings) -> None:
+    from app.logs import log_config
+    from app.main import exit_after_engine_failure
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=_FINAL_WAIT_S,
+        log_config=log_config(settings.log_level, settings.log_format),
     )
-    DrainingServer(config, app, settings.shutdown_grace_s).run()
+    server = DrainingServer(config, app, settings.shutdown_grace_s)
+    # A dead or hung engine ends the process (exit code 1); the orchestrator restarts it.
+    app.state.service.on_engine_failure = lambda reason: exit_after_engine_failure(settings.exit_grace_s, server)
+    server.run()

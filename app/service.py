@@ -18,6 +18,7 @@ from app.batching import Admission
 from app.config import Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
+from app.engines.watchdog import watch
 from app.models import (
     BUILTIN_EMBEDDING_NAME,
     BUILTIN_LLM_NAME,
@@ -83,6 +84,9 @@ class FlipService:
         self.scorer: Scorer | None = None
         # Items accepted by the routes and not yet scored; the bound turns a burst into 429s.
         self.admission = Admission(settings.max_queued_items, on_change=metrics.QUEUE_DEPTH.set)
+        self.engine_failure: str | None = None  # set by the watchdog; the process then exits
+        self.on_engine_failure: Callable[[str], None] | None = None
+        self._watchdog: asyncio.Task | None = None
 
     async def load(self) -> None:
         started = time.perf_counter()
@@ -101,12 +105,25 @@ class FlipService:
         self.load_seconds = time.perf_counter() - started
         self.status = Status.READY
         log.info("models loaded in %.1f s; ready", self.load_seconds)
+        self._watchdog = asyncio.create_task(
+            watch(self.engine, self._engine_failed, self.settings.watchdog_interval_s, self.settings.engine_stall_s)
+        )
+
+    def _engine_failed(self, reason: str) -> None:
+        if self.status == Status.STOPPING:  # the engine going down during shutdown is expected
+            return
+        self.engine_failure = reason
+        log.error("engine failure: %s; the service is not ready and will exit", reason)
+        if self.on_engine_failure is not None:
+            self.on_engine_failure(reason)
 
     @property
     def ready(self) -> bool:
         return self.status == Status.READY and self.engine is not None and self.engine.is_healthy()
 
     def not_ready_reason(self) -> str:
+        if self.engine_failure is not None:
+            return f"the engine has failed ({self.engine_failure}); the service is exiting to be restarted"
         if self.status == Status.READY and self.engine is not None and not self.engine.is_healthy():
             return "the engine has stopped"
         if self.status == Status.FAILED:
@@ -149,5 +166,7 @@ class FlipService:
         self.status = Status.STOPPING
         if hasattr(self.embedder, "close"):
             await self.embedder.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.engine is not None:
             await self.engine.shutdown()

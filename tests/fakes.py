@@ -65,6 +65,14 @@ class FakeEngine:
         self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
         self.running = 0  # generations in progress; a cancelled one leaves at once
         self.last_params: GenerationParams | None = None
+        self.outstanding_requests = 0
+        self.last_progress_at = 0.0
+        self.failure: str | None = None
+        self.stuck = False  # True: generate() hangs like a stuck engine until mark_failed()
+
+    def mark_failed(self, reason: str) -> None:
+        self.failure = reason
+        self.healthy = False
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         if not self.healthy:
@@ -76,6 +84,15 @@ class FakeEngine:
             await asyncio.sleep(self.delay_s)
         finally:
             self.running -= 1
+        await asyncio.sleep(0)
+        if self.stuck:
+            self.outstanding_requests += 1
+            try:
+                while self.healthy:  # stuck until the watchdog fails the engine
+                    await asyncio.sleep(0.01)
+            finally:
+                self.outstanding_requests -= 1
+            raise EngineUnavailable(f"fake engine failed: {self.failure}")
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from app.engines.base import EngineUnavailable
 
@@ -43,6 +44,18 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+async def send_error(
+    scope: Scope, send: Send, status: int, type_: str, message: str, field: str | None = None, headers=None
+) -> None:
+    """The same error, sent straight from an ASGI middleware (outside FastAPI's handlers)."""
+    response = error_response(Request(scope), status, type_, message, field, headers)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive():  # a JSONResponse never reads the request
+    return {"type": "http.disconnect"}
+
+
 def _field_path(loc: tuple) -> str:
     """('body', 'items', 3, 'response') -> 'items[3].response'."""
     path = ""
@@ -56,7 +69,10 @@ def _field_path(loc: tuple) -> str:
     return path or "body"
 
 
-_TYPE_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+_TYPE_NAMES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    408: "request_timeout", 413: "body_too_large",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -80,7 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = _TYPE_NAMES.get(exc.status_code, "http_error")
+        type_ = getattr(exc, "error_type", None) or _TYPE_NAMES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, type_, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)

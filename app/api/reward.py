@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request
 from app import metrics
 from app.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.api.errors import ApiError
+from app.api.limits import check_item_limits
 from app.api.schemas import (
     BatchRewardRequest,
     BatchRewardResponse,
+    ErrorResponse,
     RewardItem,
     RewardRequest,
     RewardResponse,
@@ -27,6 +29,18 @@ from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
 from app.service import FlipService
 
 router = APIRouter(tags=["reward"])
+
+# Documented so that the OpenAPI document (and the fuzz tests that read it) knows every answer.
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "The body is not readable JSON text (e.g. not UTF-8)."),
+        (408, "The body took too long to arrive."),
+        (413, "Over a limit: body bytes, items, characters per field or messages; the message names it."),
+        (422, "Invalid input; `field` names the offending field."),
+        (503, "The models are loading, or the engine failed (see Retry-After)."),
+    )
+}
 
 
 def ready_service(request: Request) -> FlipService:
@@ -110,10 +124,11 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
     )
 
 
-@router.post("/reward", response_model=RewardResponse, response_model_exclude_none=False)
+@router.post("/reward", response_model=RewardResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES)
 async def reward(body: RewardRequest, request: Request) -> RewardResponse:
     """Score one response against its instruction."""
     service = ready_service(request)
+    check_item_limits([body], service.settings, batch=False)
     (result,) = await _score(service, [body], body, request)
     return RewardResponse(
         **_to_result(result, body.details).model_dump(),
@@ -123,7 +138,7 @@ async def reward(body: RewardRequest, request: Request) -> RewardResponse:
     )
 
 
-@router.post("/batch_reward", response_model=BatchRewardResponse)
+@router.post("/batch_reward", response_model=BatchRewardResponse, responses=ERROR_RESPONSES)
 async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewardResponse:
     """Score many items in one engine batch. Results keep the input order; an item that could
     not be scored has `reward: null` and an `error`, never a made-up 0."""
@@ -131,7 +146,9 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewar
     # A batch larger than the queue bound could never be admitted: that is a 413, not a 429.
     limit = min(service.settings.max_batch_items, service.settings.max_queued_items)
     if len(body.items) > limit:
-        raise ApiError(413, "too_many_items", f"items: {len(body.items)} items, the limit is {limit}", "items")
+        message = f"items: {len(body.items)} items, the limit is {limit} (FLIP_MAX_BATCH_ITEMS)"
+        raise ApiError(413, "too_many_items", message, "items")
+    check_item_limits(body.items, service.settings, batch=True)
     results = await _score(service, body.items, body, request)
     return BatchRewardResponse(
         model=service.engine.model_name,

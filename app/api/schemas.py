@@ -15,14 +15,24 @@ def _not_blank(value: str) -> str:
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+def _valid_unicode(value: str) -> str:
+    # JSON may carry lone surrogates (\ud800); they cannot be tokenized or sent back as UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains an unpaired surrogate (not valid Unicode)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+NonBlank = Annotated[str, AfterValidator(_valid_unicode), AfterValidator(_not_blank)]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class RewardItem(BaseModel):
@@ -43,7 +53,7 @@ class RewardItem(BaseModel):
         },
     )
 
-    id: str | None = Field(None, max_length=256, description="Echoed back in the result.")
+    id: Text | None = Field(None, max_length=256, description="Echoed back in the result.")
     prompt: NonBlank | None = Field(None, description="The instruction the response answers.")
     messages: list[Message] | None = Field(
         None, min_length=1, description="Chat form: the last message is the user's instruction."
@@ -275,3 +285,16 @@ class SlimeRequest(BaseModel):
 
 class SlimeResponse(RewardResult):
     """`reward` (pick it with slime's `--reward-key reward`) and the usual per-item details."""
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="Machine-readable kind, e.g. validation_error, field_too_long, engine_unavailable.")
+    message: str = Field(description="What was wrong; names the field or the limit and its value.")
+    field: str | None = Field(None, description="The offending field, e.g. items[3].response.")
+    request_id: str | None = Field(None, description="The X-Request-ID of the request (also in the log).")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx has this shape."""
+
+    error: ErrorBody

@@ -51,5 +51,11 @@ class Engine(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Engine state for /info: unfinished (running + waiting) requests, prefix-cache totals."""
+    # Progress probe for the watchdog (app/engines/watchdog.py).
+    outstanding_requests: int
+    last_progress_at: float  # time.monotonic() of the last output, or of the start of a busy spell
+
+    def mark_failed(self, reason: str) -> None:
+        """Fail every request in flight (EngineUnavailable) and every later one."""
 
     async def shutdown(self) -> None: ...

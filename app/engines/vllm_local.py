@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
+import time
 from typing import Any
 
 from app import metrics
@@ -67,6 +69,11 @@ class VLLMEngine:
         self.max_model_len = max_model_len
         self._tokenizer = llm.get_tokenizer()
         self._ids = itertools.count()
+        # Progress probe for the watchdog (app/engines/watchdog.py).
+        self.outstanding_requests = 0
+        self.last_progress_at = time.monotonic()
+        self.failure: str | None = None
+        self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
 
     @classmethod
     def start(cls, model_path: str, settings: Settings, model_name: str | None = None) -> VLLMEngine:
@@ -96,22 +103,56 @@ class VLLMEngine:
         return self._tokenizer
 
     def _check_alive(self) -> None:
+        if self.failure is not None:
+            raise EngineUnavailable(f"the vLLM engine has failed: {self.failure}")
         if self._llm.errored:
             raise EngineUnavailable("the vLLM engine has stopped")
 
-    async def _final_output(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+    def mark_failed(self, reason: str) -> None:
+        """Fail every request in flight now (503), and every later one: the engine is dead or hung."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("engine failed: %s", reason)
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(reason)
+
+    async def _consume(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        self._check_alive()
         final = None
         try:
             async for out in self._llm.generate(
                 {"prompt_token_ids": prompt_token_ids}, sampling_params, request_id=f"flip-{next(self._ids)}"
             ):
                 final = out
+                self.last_progress_at = time.monotonic()
         except EngineDeadError as exc:
             raise EngineUnavailable("the vLLM engine died during the request") from exc
+        except Exception as exc:
+            if self._llm.errored:  # e.g. EngineGenerateError raised while the engine goes down
+                raise EngineUnavailable("the vLLM engine died during the request") from exc
+            raise
         return final
+
+    async def _final_output(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+        self._check_alive()
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        if self.outstanding_requests == 0:
+            self.last_progress_at = time.monotonic()  # an idle engine has not stalled
+        self.outstanding_requests += 1
+        consume = asyncio.ensure_future(self._consume(prompt_token_ids, sampling_params))
+        try:
+            # Whichever comes first: the output, or the watchdog declaring the engine failed (a dead
+            # or hung engine may never finish the stream).
+            await asyncio.wait({consume, self._failed}, return_when=asyncio.FIRST_COMPLETED)
+            if consume.done():
+                return consume.result()
+            raise EngineUnavailable(f"the vLLM engine has failed: {self.failure}")
+        finally:
+            self.outstanding_requests -= 1
+            if not consume.done():
+                consume.cancel()  # caller cancelled or engine failed: abort the vLLM request
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         from vllm import SamplingParams
@@ -145,7 +186,7 @@ class VLLMEngine:
         return result
 
     def is_healthy(self) -> bool:
-        return not self._llm.errored
+        return self.failure is None and not self._llm.errored
 
     def num_unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
@@ -158,5 +199,9 @@ class VLLMEngine:
             "prefix_cache": {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else None},
         }
 
-    async def shutdown(self) -> None:
-        self._llm.shutdown()
+    async def shutdown(self, timeout_s: float = 20.0) -> None:
+        # AsyncLLM.shutdown blocks (it joins the engine process); a hung engine must not hang the exit.
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._llm.shutdown), timeout_s)
+        except asyncio.TimeoutError:
+            log.error("engine shutdown took longer than %.0f s; leaving it to the process exit", timeout_s)
