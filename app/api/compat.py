@@ -135,14 +135,21 @@ async def openrlhf_get_reward(
     rewards = [r.reward for r in results]
 
     def per_item(pick) -> list[float | None]:
-        return [None if r.reward is None else float(pick(r)) for r in results]
+        """One value per item; None where the item has no reward or the method has no such value."""
+        values = []
+        for r in results:
+            value = None if r.reward is None else pick(r)
+            values.append(None if value is None else float(value))
+        return values
 
     return OpenRLHFResponse(
         rewards=rewards,
         scores=rewards,  # rewards are already in [0, 1], the range OpenRLHF's filtering expects
         extra_logs={
-            "flip_f1": per_item(lambda r: r.similarities.f1),
-            "flip_embedding": per_item(lambda r: r.similarities.embedding),
+            "flip_f1": per_item(lambda r: r.similarities and r.similarities.f1),
+            "flip_embedding": per_item(lambda r: r.similarities and r.similarities.embedding),
+            "flip_pmi": per_item(lambda r: r.likelihood and r.likelihood.pmi),
+            "flip_copied_fraction": per_item(lambda r: r.copied_fraction),
             "flip_parsed": per_item(lambda r: r.parsed),
             "flip_truncated": per_item(lambda r: r.truncated),
         },

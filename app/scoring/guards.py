@@ -50,12 +50,17 @@ def copied_fraction(instruction: str, spans: list[tuple[int, int]]) -> float:
 
 
 def token_mask(text: str, offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """For each token of `text` (character offsets): True when it lies outside every copied span,
-    i.e. it should still be scored. A token's leading white space does not count."""
-    keep = []
+    """For each token of `text` (character offsets): True when it should still be scored.
+
+    A token with letters or digits is dropped when all of them lie inside copied spans. A token of
+    only punctuation or white space (".", ":", "\\n\\n") goes with the token before it, so the
+    punctuation inside a copied passage is not credited either."""
+    keep: list[bool] = []
     for start, end in offsets:
-        while start < end and text[start].isspace():
-            start += 1
-        inside = end > start and any(s <= start and end <= e for s, e in spans)
-        keep.append(not inside)
+        positions = [i for i in range(start, end) if text[i].isalnum()]
+        if not positions:
+            keep.append(keep[-1] if keep else True)
+            continue
+        copied = all(any(s <= i < e for s, e in spans) for i in positions)
+        keep.append(not copied)
     return keep

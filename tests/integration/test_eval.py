@@ -1,4 +1,5 @@
-"""`flip-reward eval` end to end against the real service, on 20-row slices."""
+"""`flip-reward eval` end to end against the real service: 20 pairwise rows, 8 reconstruction rows
+(each with 2 + 6 probe items), the default method, one generate variant, the judge and the baselines."""
 
 from __future__ import annotations
 
@@ -15,20 +16,23 @@ pytestmark = pytest.mark.integration
 
 def test_eval_cli_on_20_rows(server, tmp_path):
     out = tmp_path / "eval"
+    pairs, recon = tmp_path / "pairs.jsonl", tmp_path / "recon.jsonl"
+    pairs.write_text("".join((SAMPLES / "autoj_pairwise_64.jsonl").read_text().splitlines(keepends=True)[:20]))
+    recon.write_text("".join((SAMPLES / "selfinstruct_reconstruction_64.jsonl").read_text().splitlines(keepends=True)[:8]))
     command = [
-        sys.executable, "-m", "app.cli", "eval",
-        str(SAMPLES / "autoj_pairwise_64.jsonl"), str(SAMPLES / "selfinstruct_reconstruction_64.jsonl"),
-        "--url", server.url, "--limit", "20", "--modes", "direct", "--out", str(out), "--quiet",
+        sys.executable, "-m", "app.cli", "eval", str(pairs), str(recon),
+        "--url", server.url, "--modes", "direct", "--out", str(out), "--quiet",
+        "--methods", "default", "generate-direct-hybrid", "judge", "length", "random", "relevance",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    pairs = results["autoj_pairwise_64"]["methods"]
+    pairs = results["pairs"]["methods"]
     for name in ("likelihood-pmi (default)", "generate-direct-hybrid", "llm-judge (1-10)", "length (longer wins)",
                  "relevance (no LM)"):
         accuracy = pairs[name]["accuracy"]
         assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
-    probes = results["selfinstruct_reconstruction_64"]["methods"]["likelihood-pmi (default)"]["probes"]
+    probes = results["recon"]["methods"]["likelihood-pmi (default)"]["probes"]
     assert probes["restate"]["honest_wins"]["value"] >= 0.9
     report = (out / "report.md").read_text()
     assert "Pairwise accuracy" in report and "restate" in report

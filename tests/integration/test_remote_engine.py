@@ -37,6 +37,7 @@ def vllm_url(tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
          "--served-model-name", BUILTIN_LLM_NAME, "--enforce-eager", "--max-model-len", "2048",
+         "--dtype", "float32",  # as the in-process engine on a CPU (FLIP_DTYPE=auto), so rewards match
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},

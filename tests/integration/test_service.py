@@ -97,7 +97,7 @@ def test_metrics_move(http):
         return float(match.group(1)) if match else 0.0
 
     before = http.get("/metrics").text
-    http.post("/reward", json=_pairs(3)[2])
+    http.post("/reward", json={**_pairs(3)[2], "method": "generate"})
     after = http.get("/metrics").text
     assert counter(after, "flip_generated_tokens_total") > counter(before, "flip_generated_tokens_total")
     assert 'flip_requests_total{route="/reward",status="200"}' in after

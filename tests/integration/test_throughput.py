@@ -23,7 +23,7 @@ QUEUE_BOUND = 16
 
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("bounded"), ["--max-queued-items", str(QUEUE_BOUND)])
+    server = start_server(tmp_path_factory.mktemp("bounded"), ["--max-queued-items", str(QUEUE_BOUND), "--method", "generate"])
     yield server
     stop_server(server)
 

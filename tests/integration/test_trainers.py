@@ -151,7 +151,7 @@ def test_verl_sync_and_async(server, http, rows):
     kwargs = dict(data_source="self-instruct", solution_str=row["response"] + "<|im_end|>", ground_truth="",
                   extra_info={"instruction": row["instruction"]}, base_url=server.url)
     result = compute_score(**kwargs)
-    assert result == {"score": expected["reward"], "inferred_instruction": expected["inferred_instruction"],
+    assert result == {"score": expected["reward"], "inferred_instruction": expected["inferred_instruction"] or "",
                       "instruction_source": "extra_info.instruction"}
     assert asyncio.run(compute_score_async(**kwargs)) == result
     from_truth = compute_score(**{**kwargs, "extra_info": None, "ground_truth": row["instruction"]})

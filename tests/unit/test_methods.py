@@ -26,6 +26,13 @@ def test_token_mask_ignores_leading_space():
     assert token_mask(text, offsets, [(4, 15)]) == [True, False, False, True]
 
 
+def test_token_mask_drops_punctuation_inside_a_copied_passage():
+    text = "Write a poem. Then stop"
+    offsets = [(0, 5), (5, 7), (7, 12), (12, 13), (13, 18), (18, 23)]
+    spans = copied_spans(text, "sure: write a poem. ok", min_words=3)
+    assert token_mask(text, offsets, spans) == [False, False, False, False, True, True]
+
+
 @pytest.mark.parametrize(
     "raw,score",
     [("8", 8), ("Rating: 7/10", 7), ("**9** out of 10", 9), ("10", 10), ("I'd say 6.", 6),
