@@ -59,7 +59,7 @@ def test_openrlhf_batch_and_single(client):
     assert body["rewards"][0] is not None and body["rewards"][1] is None
     assert body["scores"] == body["rewards"]
     assert body["errors"][1] == "the response is empty"
-    assert set(body["extra_logs"]) == {"flip_f1", "flip_embedding", "flip_parsed", "flip_truncated"}
+    assert set(body["extra_logs"]) == {"flip_f1", "flip_embedding", "flip_pmi", "flip_copied_fraction", "flip_parsed", "flip_truncated"}
     assert all(len(v) == 2 for v in body["extra_logs"].values())
     assert body["inferred_instructions"][0].startswith("Explain why the sky is blue")
 
