@@ -73,13 +73,20 @@ def take(pairs: list[dict], start: int, n: int) -> list[dict]:
 # --- raw engine and naive pipeline (each in a subprocess of its own: one engine in memory at a time)
 
 
-def _prepared_prompts(items: list[dict], tokenizer, settings):
+def _scorer(tokenizer, settings):
     from types import SimpleNamespace
 
-    from app.scoring.scorer import ScoreItem, Scorer
+    from app.scoring.scorer import Scorer
 
-    scorer = Scorer(SimpleNamespace(tokenizer=tokenizer, max_model_len=settings.max_model_len), None, settings)
-    return [scorer._prepare(ScoreItem(i["prompt"], i["response"]), settings.prompt_mode) for i in items]
+    return Scorer(SimpleNamespace(tokenizer=tokenizer, max_model_len=settings.max_model_len), None, settings)
+
+
+def _prepared_prompts(items: list[dict], tokenizer, settings):
+    """The service's own reconstruction prompts (method generate) as token ids."""
+    from app.scoring.scorer import ScoreItem
+
+    scorer = _scorer(tokenizer, settings)
+    return [scorer.prepare_generate(ScoreItem(i["prompt"], i["response"]), settings.prompt_mode) for i in items]
 
 
 def _similarity(items: list[dict], raw_outputs: list[str], settings, embedder=None) -> list[float]:
@@ -95,6 +102,42 @@ def _similarity(items: list[dict], raw_outputs: list[str], settings, embedder=No
     return [hybrid(f, float(c), settings.hybrid_weight) for f, c in zip(f1, cos)]
 
 
+def _raw_generate(llm, items: list[dict], settings, embedder) -> tuple[list[float], int]:
+    from vllm import SamplingParams
+
+    prepared = _prepared_prompts(items, llm.get_tokenizer(), settings)
+    outs = llm.generate([{"prompt_token_ids": p.token_ids} for p in prepared],
+                        SamplingParams(max_tokens=settings.max_tokens, temperature=0.0), use_tqdm=False)
+    rewards = _similarity(items, [p.answer_prefix + o.outputs[0].text for p, o in zip(prepared, outs)],
+                          settings, embedder)
+    return rewards, sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]:
+    """The service's likelihood prompts (with the PMI baseline, each distinct one once) in one call."""
+    from vllm import SamplingParams
+
+    from app.scoring.scorer import ScoreItem, likelihood_reward
+
+    scorer = _scorer(llm.get_tokenizer(), settings)
+    prepared = [scorer.prepare_likelihood(ScoreItem(i["prompt"], i["response"]), settings.copy_guard) for i in items]
+    conditional = [fitted.token_ids + ids for fitted, ids, _, _ in prepared]
+    pmi = settings.likelihood_baseline == "pmi"
+    baselines = list(dict.fromkeys(tuple(p[2]) for p in prepared)) if pmi else []
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in conditional + [list(b) for b in baselines]],
+                        SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+
+    def tail(out, n: int) -> list[float]:
+        return [pos[tok].logprob for tok, pos in zip(out.prompt_token_ids[-n:], out.prompt_logprobs[-n:])]
+
+    by_baseline = dict(zip(baselines, outs[len(conditional):]))
+    rewards = []
+    for out, (_, ids, baseline, keep) in zip(outs, prepared):
+        uncond = tail(by_baseline[tuple(baseline)], len(ids)) if pmi else None
+        rewards.append(likelihood_reward(tail(out, len(ids)), uncond, keep, settings.likelihood_scale)[0])
+    return rewards, 0
+
+
 def run_raw(items: list[dict]) -> dict:
     from app.config import Settings
     from app.embeddings.encoder import Embedder
@@ -102,22 +145,22 @@ def run_raw(items: list[dict]) -> dict:
 
     settings = Settings()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
+
+    from app.engines.vllm_local import resolve_dtype
 
     llm = LLM(model=resolve_llm(settings.model, settings.cache_dir), max_model_len=settings.max_model_len,
-              dtype=settings.dtype, enforce_eager=settings.enforce_eager, max_num_seqs=settings.max_num_seqs,
-              seed=settings.seed, enable_prefix_caching=True, block_size=settings.kv_block_size,
-              gpu_memory_utilization=settings.gpu_memory_utilization)
+              dtype=resolve_dtype(settings.dtype), enforce_eager=settings.enforce_eager,
+              max_num_seqs=settings.max_num_seqs, seed=settings.seed, enable_prefix_caching=True,
+              block_size=settings.kv_block_size, gpu_memory_utilization=settings.gpu_memory_utilization)
     embedder = Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
     embedder.encode(["warm up"])
     started = time.perf_counter()
-    prepared = _prepared_prompts(items, llm.get_tokenizer(), settings)
-    outs = llm.generate([{"prompt_token_ids": p.token_ids} for p in prepared],
-                        SamplingParams(max_tokens=settings.max_tokens, temperature=0.0), use_tqdm=False)
-    rewards = _similarity(items, [p.answer_prefix + o.outputs[0].text for p, o in zip(prepared, outs)],
-                          settings, embedder)
+    if settings.method == "likelihood":
+        rewards, tokens = _raw_likelihood(llm, items, settings)
+    else:
+        rewards, tokens = _raw_generate(llm, items, settings, embedder)
     seconds = time.perf_counter() - started
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     return {"items": len(items), "seconds": seconds, "rewards_per_s": len(items) / seconds,
             "tokens_per_reward": tokens / len(items), "mean_reward": statistics.fmean(rewards)}
 
@@ -294,6 +337,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=256, help="items per service phase (and for the raw engine)")
     parser.add_argument("--single-items", type=int, default=32, help="items for concurrency 1")
     parser.add_argument("--naive-items", type=int, default=16, help="items for the naive pipeline (slow)")
+    parser.add_argument("--method", choices=["likelihood", "generate"],
+                        help="how the service and the raw engine score (default: the server's default)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,13 +351,16 @@ def main() -> None:
     from app.config import Settings
     from app.models import BUILTIN_LLM_NAME
 
+    if args.method:  # the server and the raw-engine subprocess read it from the environment
+        os.environ["FLIP_METHOD"] = args.method
     settings = Settings()
     pairs = load_pairs()
     n = args.items
     sets = {name: take(pairs, k * n, n) for k, name in enumerate(["c64", "c32", "c8", "batch_all", "batch_32"])}
     sets["c1"] = take(pairs, 5 * n, args.single_items)
     sets["naive"] = take(pairs, 5 * n + args.single_items, args.naive_items)
-    print(f"workload: {len(pairs)} real pairs (seed {SEED}), {n} items per phase", flush=True)
+    print(f"workload: {len(pairs)} real pairs (seed {SEED}), {n} items per phase, method {settings.method}",
+          flush=True)
 
     results: dict = {}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -342,7 +390,7 @@ def main() -> None:
     results["service_peak_rss_mib"] = server.peak_rss / 2**20
 
     ceiling, naive = results["raw_engine"]["rewards_per_s"], results["naive"]["rewards_per_s"]
-    rows = [("raw engine (ceiling)", results["raw_engine"]), ("naive (reference)", results["naive"])]
+    rows = [("raw engine (ceiling)", results["raw_engine"]), ("naive (reference generate)", results["naive"])]
     rows += [(k.replace("service_", "service "), v) for k, v in results.items()
              if k.startswith("service_") and isinstance(v, dict) and "rewards_per_s" in v]
     header = f"{'phase':<28}{'items':>6}{'rewards/s':>11}{'p50 s':>8}{'p99 s':>8}{'tok/reward':>11}" \
@@ -366,7 +414,7 @@ def main() -> None:
 
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "model": settings.model or BUILTIN_LLM_NAME, "prompt_mode": settings.prompt_mode,
+            "model": settings.model or BUILTIN_LLM_NAME, "method": settings.method, "prompt_mode": settings.prompt_mode,
             "max_tokens": settings.max_tokens, "items": n, "seed": SEED}
     out = RESULTS / f"throughput-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))

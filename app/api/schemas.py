@@ -148,6 +148,9 @@ class Likelihood(BaseModel):
     pmi: float | None = Field(None, description="conditional - unconditional.")
     scored_tokens: int
     copied_tokens: int = Field(description="Instruction tokens the response copied verbatim (not credited).")
+    reward_without_guard: float | None = Field(
+        None, description="The reward had the copy guard credited every token; present only when it removed some."
+    )
 
 
 class RewardResult(BaseModel):

@@ -26,6 +26,8 @@ def resolve_dtype(dtype: str) -> str:
     import torch
 
     return "auto" if torch.cuda.is_available() else "float32"
+
+
 class EngineStepStats:
     """Totals from vLLM's scheduler stats, fed by a stat logger on every engine step: how many
     requests ran together (the engine's batch size) and how the prefix cache did."""

@@ -30,13 +30,14 @@ class MethodSpec:
 
     name: str
     options: dict[str, Any] | None = None  # None: computed locally (length, random, relevance)
-    read: str = "reward"  # reward | similarity:<name> | unguarded:<name>
+    read: str = "reward"  # reward | likelihood:unguarded | similarity:<name>:guarded|unguarded
 
 
 def lm_methods(modes: tuple[str, ...] = ("paper", "direct")) -> list[MethodSpec]:
     specs = [
         MethodSpec("likelihood-pmi (default)", {"method": "likelihood"}),
-        MethodSpec("likelihood-pmi, no guard", {"method": "likelihood", "copy_guard": False}),
+        # The same call: the service reports what the reward would have been without the guard.
+        MethodSpec("likelihood-pmi, no guard", {"method": "likelihood"}, "likelihood:unguarded"),
     ]
     for mode in modes:
         options = {"method": "generate", "prompt_mode": mode}
@@ -55,6 +56,9 @@ def _read(result: dict | None, how: str) -> float | None:
         return None
     if how == "reward":
         return result["reward"]
+    if how == "likelihood:unguarded":
+        unguarded = (result.get("likelihood") or {}).get("reward_without_guard")
+        return unguarded if unguarded is not None else result.get("reward")
     _, sim, guarded = how.split(":")
     if not result.get("similarities"):
         return None

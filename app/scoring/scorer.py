@@ -98,6 +98,33 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
 
 
+def likelihood_reward(
+    cond: list[float], uncond: list[float] | None, keep: list[bool], scale: float
+) -> tuple[float, dict[str, float | int | None]]:
+    """Reward from the instruction's token log-probabilities with the response (`cond`) and, for PMI,
+    without it (`uncond`); tokens the response copied (`keep` False) are left out.
+
+    PMI: sigmoid(mean(cond - uncond) / scale), 0.5 when the response tells the model nothing.
+    Without a baseline: exp(mean(cond) / scale), the geometric-mean token probability."""
+    scored = [k for k, kept in enumerate(keep) if kept]
+    mean_cond = sum(cond[k] for k in scored) / len(scored) if scored else None
+    mean_uncond = sum(uncond[k] for k in scored) / len(scored) if (scored and uncond) else None
+    details: dict[str, float | int | None] = {
+        "conditional": mean_cond,
+        "unconditional": mean_uncond,
+        "scored_tokens": len(scored),
+        "copied_tokens": len(keep) - len(scored),
+    }
+    if len(scored) < len(keep):  # what the guard took away: the same formula over every token
+        details["reward_without_guard"] = likelihood_reward(cond, uncond, [True] * len(keep), scale)[0]
+    if not scored:
+        return 0.0, details  # the response only restates the instruction: nothing it implies
+    if uncond:
+        details["pmi"] = mean_cond - mean_uncond
+        return _sigmoid(details["pmi"] / scale), details
+    return math.exp(mean_cond / scale), details
+
+
 class Scorer:
     def __init__(self, engine: Engine, embedder: Embedder, settings: Settings) -> None:
         self.engine = engine
@@ -179,12 +206,7 @@ class Scorer:
 
     async def _generate_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         mode = options.prompt_mode
-        budget = self.engine.max_model_len - self.settings.max_tokens
-
-        def build(response: str, context: list[dict[str, str]]) -> Prompt:
-            return build_reconstruction_prompt(response, context, mode)
-
-        fitted = await asyncio.to_thread(lambda: [self._fit(build, item, budget) for item in items])
+        fitted = await asyncio.to_thread(lambda: [self.prepare_generate(item, mode) for item in items])
         results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
         todo = [i for i, f in enumerate(fitted) if f.error is None]
         constrain = self.settings.structured_output and mode == "paper"
@@ -223,6 +245,11 @@ class Scorer:
             await self._similarities([items[i] for i in scored], [results[i] for i in scored], options)
         return results
 
+    def prepare_generate(self, item: ScoreItem, mode: PromptMode) -> _Fitted:
+        """The reconstruction prompt for `item` as token ids, leaving room for the output."""
+        budget = self.engine.max_model_len - self.settings.max_tokens
+        return self._fit(lambda response, context: build_reconstruction_prompt(response, context, mode), item, budget)
+
     async def _similarities(self, items: list[ScoreItem], results: list[ItemResult], options: ScoreOptions) -> None:
         started = time.perf_counter()
         inferred = await self.embedder.aencode([r.inferred_instruction for r in results])
@@ -242,7 +269,7 @@ class Scorer:
 
     # --- likelihood: backward likelihood of the real instruction
 
-    def _prepare_likelihood(self, item: ScoreItem, guard: bool) -> tuple[_Fitted, list[int], list[int], list[bool]]:
+    def prepare_likelihood(self, item: ScoreItem, guard: bool) -> tuple[_Fitted, list[int], list[int], list[bool]]:
         tokenizer = self.engine.tokenizer
         instruction = item.instruction.strip()
         encoded = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)
@@ -271,7 +298,7 @@ class Scorer:
 
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
-        prepared = await asyncio.to_thread(lambda: [self._prepare_likelihood(item, guard) for item in items])
+        prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item, guard) for item in items])
         results = [ItemResult(id=item.id, truncated=p[0].truncated, error=p[0].error) for item, p in zip(items, prepared)]
         todo = [i for i, p in enumerate(prepared) if p[0].error is None]
         use_pmi = self.settings.likelihood_baseline == "pmi"
@@ -295,23 +322,7 @@ class Scorer:
                 continue
             result.prompt_tokens = len(fitted.token_ids) + len(instruction_ids)
             result.copied_fraction = 1.0 - sum(keep) / len(keep) if keep else 0.0
-            scored = [k for k, kept in enumerate(keep) if kept]
-            mean_cond = sum(cond[k] for k in scored) / len(scored) if scored else None
-            mean_uncond = sum(uncond[k] for k in scored) / len(scored) if (scored and uncond) else None
-            result.likelihood = {
-                "conditional": mean_cond,
-                "unconditional": mean_uncond,
-                "scored_tokens": len(scored),
-                "copied_tokens": len(keep) - len(scored),
-            }
-            if not scored:
-                result.reward = 0.0  # the response only restates the instruction: nothing it implies
-            elif use_pmi:
-                pmi = mean_cond - mean_uncond
-                result.likelihood["pmi"] = pmi
-                result.reward = _sigmoid(pmi / self.settings.likelihood_scale)
-            else:
-                result.reward = math.exp(mean_cond / self.settings.likelihood_scale)
+            result.reward, result.likelihood = likelihood_reward(cond, uncond, keep, self.settings.likelihood_scale)
         return results
 
     # --- judge: the LLM-as-a-judge baseline

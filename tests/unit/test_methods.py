@@ -1,5 +1,7 @@
 """The likelihood and judge methods and the copy guard, through the API with test doubles."""
 
+import math
+
 import pytest
 
 from app.scoring.guards import copied_fraction, copied_spans, token_mask
@@ -62,6 +64,28 @@ def test_restating_the_instruction_earns_nothing_under_the_guard(client):
     restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
     assert restated["copied_fraction"] == 1.0 and restated["reward"] == 0.0
     assert honest["reward"] > restated["reward"]
+
+
+def test_likelihood_reward_formula():
+    from app.scoring.scorer import likelihood_reward
+
+    cond, uncond = [-1.0, -2.0, -3.0], [-2.0, -2.0, -5.0]
+    reward, details = likelihood_reward(cond, uncond, [True, True, True], scale=1.0)
+    assert details["pmi"] == pytest.approx(1.0) and reward == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert "reward_without_guard" not in details
+    # The guard leaves the copied first token out; the unguarded figure is still reported.
+    reward, details = likelihood_reward(cond, uncond, [False, True, True], scale=1.0)
+    assert details["pmi"] == pytest.approx(1.0) and details["copied_tokens"] == 1
+    assert details["reward_without_guard"] == pytest.approx(1 / (1 + math.exp(-1.0)))
+    reward, details = likelihood_reward(cond, uncond, [False, False, False], scale=1.0)
+    assert reward == 0.0 and details["scored_tokens"] == 0 and details["reward_without_guard"] > 0.5
+    reward, _ = likelihood_reward(cond, None, [True, True, True], scale=2.0)
+    assert reward == pytest.approx(math.exp(-2.0 / 2.0))
+
+
+def test_restatement_reports_its_unguarded_reward(client):
+    restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
+    assert restated["reward"] == 0.0 and restated["likelihood"]["reward_without_guard"] > 0.0
 
 
 def test_without_the_guard_the_copying_model_prefers_the_restatement(settings, fake_engine):
