@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     enforce_eager: bool = Field(True, description="Skip CUDA-graph / compile warm-up (faster start).")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM share of GPU memory (GPU only).")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on the CPU backend, GiB.")
+    cpu_reserved_cores: int = Field(
+        0,
+        ge=0,
+        description="CPU backend: cores vLLM keeps off its compute threads (its own default is 1; on a "
+        "2-core machine that halves the compute: prefill measured 1.7x faster with 0).",
+    )
     max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM runs in one step.")
 
     # --- FLIP scoring

@@ -145,6 +145,7 @@ def run_raw(items: list[dict]) -> dict:
 
     settings = Settings()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
     from vllm import LLM
 
     from app.engines.vllm_local import resolve_dtype

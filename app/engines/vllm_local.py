@@ -81,6 +81,7 @@ class VLLMEngine:
     def start(cls, model_path: str, settings: Settings, model_name: str | None = None) -> VLLMEngine:
         # The CPU backend sizes its KV cache from this variable; it is ignored on GPUs.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
