@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     copy_guard: bool = Field(
         True,
         description="Do not credit instruction words the response copies verbatim (runs of copy_guard_words), "
-        "the restate-the-instruction hack.",
+        "the restate-the-instruction hack; likelihood also scores 0 a response that is only the instruction's "
+        "words in an implausible order (keyword stuffing).",
     )
     copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words the guard discounts.")
 

@@ -121,9 +121,9 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
 
     scorer = _scorer(llm.get_tokenizer(), settings)
     prepared = [scorer.prepare_likelihood(ScoreItem(i["prompt"], i["response"]), settings.copy_guard) for i in items]
-    conditional = [fitted.token_ids + ids for fitted, ids, _, _ in prepared]
+    conditional = [p.conditional_ids for p in prepared]
     pmi = settings.likelihood_baseline == "pmi"
-    baselines = list(dict.fromkeys(tuple(p[2]) for p in prepared)) if pmi else []
+    baselines = list(dict.fromkeys(tuple(p.unconditional_ids) for p in prepared)) if pmi else []
     outs = llm.generate([{"prompt_token_ids": ids} for ids in conditional + [list(b) for b in baselines]],
                         SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
 
@@ -132,9 +132,10 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
 
     by_baseline = dict(zip(baselines, outs[len(conditional):]))
     rewards = []
-    for out, (_, ids, baseline, keep) in zip(outs, prepared):
-        uncond = tail(by_baseline[tuple(baseline)], len(ids)) if pmi else None
-        rewards.append(likelihood_reward(tail(out, len(ids)), uncond, keep, settings.likelihood_scale)[0])
+    for out, p in zip(outs, prepared):
+        n = len(p.instruction_ids)
+        uncond = tail(by_baseline[tuple(p.unconditional_ids)], n) if pmi else None
+        rewards.append(likelihood_reward(tail(out, n), uncond, p.keep, settings.likelihood_scale)[0])
     return rewards, 0
 
 

@@ -95,7 +95,9 @@ class ScoringOptions(BaseModel):
         None, description="generate only: paper (reasoning + JSON) or direct; unset: the server default."
     )
     copy_guard: bool | None = Field(
-        None, description="Discount instruction words the response copies verbatim; unset: the server default."
+        None,
+        description="Discount instruction words the response copies verbatim (and, for likelihood, score keyword "
+        "stuffing 0); unset: the server default.",
     )
     details: bool = Field(False, description="Include the model's raw output in each result.")
     timeout_s: float | None = Field(
@@ -149,7 +151,13 @@ class Likelihood(BaseModel):
     scored_tokens: int
     copied_tokens: int = Field(description="Instruction tokens the response copied verbatim (not credited).")
     reward_without_guard: float | None = Field(
-        None, description="The reward had the copy guard credited every token; present only when it removed some."
+        None, description="The reward without the copy and keyword-stuffing guards; present only when a guard changed it."
+    )
+    response_fluency: float | None = Field(
+        None, description="Mean log-probability per response token as the model reads it (the stuffing guard's input)."
+    )
+    keyword_stuffing: bool | None = Field(
+        None, description="The guard found the response to be the instruction's words without its order: reward 0."
     )
 
 

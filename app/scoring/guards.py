@@ -64,3 +64,25 @@ def token_mask(text: str, offsets: list[tuple[int, int]], spans: list[tuple[int,
         copied = all(any(s <= i < e for s, e in spans) for i in positions)
         keep.append(not copied)
     return keep
+
+
+# Keyword stuffing: the instruction's words without its word order. Measured on Self-Instruct and
+# Auto-J (2026-11-29): stuffed responses take 100% of their words from the instruction and read at
+# -4.4 to -9 nats per token to the model; honest answers that reuse the instruction's words (rewrites
+# of a given passage) are fluent, and the median honest answer takes 24-31% of its words from it.
+STUFFING_WORD_SHARE = 0.8
+STUFFING_FLUENCY = -4.0
+
+
+def instruction_word_share(instruction: str, response: str) -> float:
+    """Share of the response's words that also occur in the instruction."""
+    vocabulary = {w for w, _, _ in _words(instruction)}
+    words = [w for w, _, _ in _words(response)]
+    return sum(w in vocabulary for w in words) / len(words) if words else 0.0
+
+
+def is_keyword_stuffing(instruction: str, response: str, fluency: float | None) -> bool:
+    """The response is (nearly) only instruction words, in an order the model finds implausible."""
+    if fluency is None or fluency >= STUFFING_FLUENCY:
+        return False
+    return instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE

@@ -94,6 +94,22 @@ class _Fitted:
     error: str | None = None
 
 
+@dataclass
+class LikelihoodInputs:
+    """One item's likelihood prompts: the instruction scored after the response (`conditional_ids`)
+    and after no response (`unconditional_ids`, the PMI baseline)."""
+
+    fitted: _Fitted
+    instruction_ids: list[int]
+    unconditional_ids: list[int]
+    keep: list[bool]  # per instruction token: still credited after the copy guard
+    response_span: tuple[int, int]  # token positions of the response in fitted.token_ids
+
+    @property
+    def conditional_ids(self) -> list[int]:
+        return self.fitted.token_ids + self.instruction_ids
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
 
@@ -269,7 +285,7 @@ class Scorer:
 
     # --- likelihood: backward likelihood of the real instruction
 
-    def prepare_likelihood(self, item: ScoreItem, guard: bool) -> tuple[_Fitted, list[int], list[int], list[bool]]:
+    def prepare_likelihood(self, item: ScoreItem, guard: bool) -> LikelihoodInputs:
         tokenizer = self.engine.tokenizer
         instruction = item.instruction.strip()
         encoded = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)
@@ -280,12 +296,26 @@ class Scorer:
         budget = self.engine.max_model_len - len(instruction_ids) - 1
         fitted = self._fit(build_likelihood_prompt, item, budget)
         unconditional_head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
-        return fitted, instruction_ids, unconditional_head + instruction_ids, keep
+        span = self._response_span(fitted) if fitted.error is None else (0, 0)
+        return LikelihoodInputs(fitted, instruction_ids, unconditional_head + instruction_ids, keep, span)
 
-    async def _instruction_logprobs(self, token_ids: list[int], n: int) -> list[float]:
+    def _response_span(self, fitted: _Fitted) -> tuple[int, int]:
+        """Token positions of the response inside the rendered likelihood prompt."""
+        prompt = build_likelihood_prompt(fitted.response, fitted.context)
+        text = self.engine.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        start = text.rindex(fitted.response)
+        end = start + len(fitted.response)
+        offsets = self.engine.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [k for k, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
+        return (inside[0], inside[-1] + 1) if inside else (0, 0)
+
+    async def _prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         logprobs = await self.engine.prompt_logprobs(token_ids)
         metrics.PROMPT_TOKENS.inc(len(token_ids))
-        return [lp if lp is not None else 0.0 for lp in logprobs[-n:]]
+        return [lp if lp is not None else 0.0 for lp in logprobs]
+
+    async def _instruction_logprobs(self, token_ids: list[int], n: int) -> list[float]:
+        return (await self._prompt_logprobs(token_ids))[-n:]
 
     async def _unconditional_logprobs(self, token_ids: list[int], n: int) -> list[float]:
         key = tuple(token_ids)
@@ -299,30 +329,40 @@ class Scorer:
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
         prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item, guard) for item in items])
-        results = [ItemResult(id=item.id, truncated=p[0].truncated, error=p[0].error) for item, p in zip(items, prepared)]
-        todo = [i for i, p in enumerate(prepared) if p[0].error is None]
+        results = [ItemResult(id=item.id, truncated=p.fitted.truncated, error=p.fitted.error)
+                   for item, p in zip(items, prepared)]
+        todo = [i for i, p in enumerate(prepared) if p.fitted.error is None]
         use_pmi = self.settings.likelihood_baseline == "pmi"
-        conditional = self._run(
-            [self._instruction_logprobs(prepared[i][0].token_ids + prepared[i][1], len(prepared[i][1])) for i in todo]
-        )
+        conditional = self._run([self._prompt_logprobs(prepared[i].conditional_ids) for i in todo])
         unconditional = self._run(
-            [self._unconditional_logprobs(prepared[i][2], len(prepared[i][1])) for i in todo] if use_pmi else []
+            [self._unconditional_logprobs(prepared[i].unconditional_ids, len(prepared[i].instruction_ids))
+             for i in todo] if use_pmi else []
         )
         started = time.perf_counter()
         cond_out, uncond_out = await asyncio.gather(conditional, unconditional)
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
         for n, i in enumerate(todo):
-            result, (fitted, instruction_ids, _, keep) = results[i], prepared[i]
-            cond = cond_out[n]
+            result, inputs = results[i], prepared[i]
+            logprobs = cond_out[n]
             uncond = uncond_out[n] if use_pmi else None
-            failed = next((x for x in (cond, uncond) if isinstance(x, BaseException)), None)
+            failed = next((x for x in (logprobs, uncond) if isinstance(x, BaseException)), None)
             if failed is not None:
                 log.warning("engine failed on item %d: %r", i, failed)
                 result.error = f"engine error: {type(failed).__name__}"
                 continue
-            result.prompt_tokens = len(fitted.token_ids) + len(instruction_ids)
-            result.copied_fraction = 1.0 - sum(keep) / len(keep) if keep else 0.0
-            result.reward, result.likelihood = likelihood_reward(cond, uncond, keep, self.settings.likelihood_scale)
+            result.prompt_tokens = len(inputs.conditional_ids)
+            result.copied_fraction = 1.0 - sum(inputs.keep) / len(inputs.keep) if inputs.keep else 0.0
+            cond = logprobs[-len(inputs.instruction_ids):]
+            result.reward, result.likelihood = likelihood_reward(cond, uncond, inputs.keep, self.settings.likelihood_scale)
+            start, end = inputs.response_span
+            fluency = sum(logprobs[start:end]) / (end - start) if end > start else None
+            result.likelihood["response_fluency"] = fluency
+            if guard and result.reward > 0.0 and guards.is_keyword_stuffing(
+                items[i].instruction, inputs.fitted.response, fluency
+            ):
+                result.likelihood.setdefault("reward_without_guard", result.reward)
+                result.likelihood["keyword_stuffing"] = True
+                result.reward = 0.0
         return results
 
     # --- judge: the LLM-as-a-judge baseline

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from app.scoring.guards import copied_fraction, copied_spans, token_mask
+from app.scoring.guards import (
+    copied_fraction,
+    copied_spans,
+    instruction_word_share,
+    is_keyword_stuffing,
+    token_mask,
+)
 from app.scoring.parse import parse_judge_score
 
 INSTRUCTION = "Write a short poem about the autumn rain in the city"
@@ -35,6 +41,18 @@ def test_token_mask_drops_punctuation_inside_a_copied_passage():
     assert token_mask(text, offsets, spans) == [False, False, False, False, True, True]
 
 
+def test_keyword_stuffing_needs_both_instruction_words_and_implausible_order():
+    stuffed = "poem autumn rain city poem short write rain autumn city poem"
+    assert instruction_word_share(INSTRUCTION, stuffed) == 1.0
+    assert is_keyword_stuffing(INSTRUCTION, stuffed, fluency=-7.0)
+    # the same words read fluently (a rewrite of the instruction's own text) are not stuffing
+    assert not is_keyword_stuffing(INSTRUCTION, stuffed, fluency=-2.5)
+    honest = "Grey drops drum on tin roofs; umbrellas bloom along wet city streets."
+    assert instruction_word_share(INSTRUCTION, honest) < 0.2
+    assert not is_keyword_stuffing(INSTRUCTION, honest, fluency=-7.0)
+    assert not is_keyword_stuffing(INSTRUCTION, stuffed, fluency=None)
+
+
 @pytest.mark.parametrize(
     "raw,score",
     [("8", 8), ("Rating: 7/10", 7), ("**9** out of 10", 9), ("10", 10), ("I'd say 6.", 6),
@@ -57,6 +75,8 @@ def test_likelihood_method_reports_logprobs(client):
     lik = body["likelihood"]
     assert lik["scored_tokens"] > 0 and lik["pmi"] == pytest.approx(lik["conditional"] - lik["unconditional"])
     assert 0.0 < body["reward"] < 1.0
+    # the fake model reads new words at -3 and repeats at -0.1: the mean over the response's tokens
+    assert -3.0 <= lik["response_fluency"] < 0.0 and lik["keyword_stuffing"] is None
 
 
 def test_restating_the_instruction_earns_nothing_under_the_guard(client):
