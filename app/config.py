@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Similarity = Literal["f1", "embedding", "hybrid"]
 Method = Literal["generate", "likelihood", "judge"]
-PromptMode = Literal["paper", "direct"]
+PromptMode = Literal["paper", "direct", "fewshot", "prefix"]
 
 
 def _default_cache_dir() -> Path:
@@ -58,7 +58,11 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM runs in one step.")
 
     # --- FLIP scoring
-    prompt_mode: PromptMode = Field("direct", description="Reconstruction prompt: paper (reasoning + JSON) or direct.")
+    prompt_mode: PromptMode = Field(
+        "direct",
+        description="Reconstruction prompt: paper (reasoning + JSON), direct (the instruction only), fewshot "
+        "(direct after two worked examples) or prefix (direct, the answer started as 'Instruction: \"', one line).",
+    )
     similarity: Similarity = Field("hybrid", description="Default similarity: f1, embedding or hybrid.")
     hybrid_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the embedding cosine in hybrid (the rest is F1)."

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEED = 0
-MODES = [("direct", False), ("paper", False), ("paper", True)]  # (prompt mode, structured output)
+# (prompt mode, structured output)
+MODES = [("direct", False), ("fewshot", False), ("prefix", False), ("paper", False), ("paper", True)]
 
 
 def load_pairs(n: int) -> list[dict]:

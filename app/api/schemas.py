@@ -92,7 +92,9 @@ class ScoringOptions(BaseModel):
         None, description="generate only: f1, embedding or hybrid; unset: the server default."
     )
     prompt_mode: PromptMode | None = Field(
-        None, description="generate only: paper (reasoning + JSON) or direct; unset: the server default."
+        None,
+        description="generate only: paper (reasoning + JSON), direct, fewshot or prefix (see README); unset: the "
+        "server default.",
     )
     copy_guard: bool | None = Field(
         None,

@@ -43,6 +43,22 @@ _ASK_DIRECT = "What instruction did the user give?"
 class Prompt:
     messages: list[dict[str, str]]
     answer_prefix: str = ""
+    stop: tuple[str, ...] = ()  # generation ends at any of these
+
+
+# fewshot: worked examples shown as earlier turns (written for this project, not from any eval set).
+_EXAMPLES = (
+    (
+        "Hi all, the quarterly review moves from Monday to Wednesday at 10am, still in room 4. "
+        "Please update your calendars. Thanks, Dana",
+        "Write a short email to my team saying the quarterly review moved from Monday to Wednesday at 10am.",
+    ),
+    (
+        "def is_even(n):\n    return n % 2 == 0",
+        "Write a Python function that tells whether a number is even.",
+    ),
+)
+_PREFIX = 'Instruction: "'
 
 
 def _render_context(context: list[dict[str, str]]) -> str:
@@ -60,6 +76,11 @@ def build_reconstruction_prompt(
     """
     system = _SYSTEM_PAPER if mode == "paper" else _SYSTEM_DIRECT
     ask = _ASK_PAPER if mode == "paper" else _ASK_DIRECT
+    messages = [{"role": "system", "content": system}]
+    if mode == "fewshot":
+        for example, instruction in _EXAMPLES:
+            messages.append({"role": "user", "content": f"Response:\n\"\"\"\n{example}\n\"\"\"\n\n{ask}"})
+            messages.append({"role": "assistant", "content": instruction})
     parts = []
     if context:
         parts.append(
@@ -70,9 +91,12 @@ def build_reconstruction_prompt(
         )
     parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
     parts.append(ask)
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
-    prefix = '{"REASONING": "' if mode == "paper" else ""
-    return Prompt(messages=messages, answer_prefix=prefix)
+    messages.append({"role": "user", "content": "\n\n".join(parts)})
+    if mode == "paper":
+        return Prompt(messages=messages, answer_prefix='{"REASONING": "')
+    if mode == "prefix":
+        return Prompt(messages=messages, answer_prefix=_PREFIX, stop=("\n",))
+    return Prompt(messages=messages)
 
 
 # --- backward likelihood: score the real instruction as the model's answer, no decoding

@@ -92,6 +92,7 @@ class _Fitted:
     context: list[dict[str, str]] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Scorer:
             prompt = build(response, context)
             ids = self._render(prompt)
             if len(ids) <= budget:
-                return _Fitted(ids, prompt.answer_prefix, response, context, truncated)
+                return _Fitted(ids, prompt.answer_prefix, response, context, truncated, stop=prompt.stop)
             truncated = True
             if context:
                 context.pop(0)
@@ -227,17 +228,16 @@ class Scorer:
         todo = [i for i, f in enumerate(fitted) if f.error is None]
         constrain = self.settings.structured_output and mode == "paper"
 
-        def params(prefix: str) -> GenerationParams:
+        def params(f: _Fitted) -> GenerationParams:
             return GenerationParams(
                 max_tokens=self.settings.max_tokens,
                 temperature=self.settings.temperature,
                 seed=self.settings.seed,
-                regex=paper_output_regex(prefix) if constrain else None,
+                stop=f.stop,
+                regex=paper_output_regex(f.answer_prefix) if constrain else None,
             )
 
-        outputs = await self._run(
-            [self._timed_generate(fitted[i].token_ids, params(fitted[i].answer_prefix)) for i in todo]
-        )
+        outputs = await self._run([self._timed_generate(fitted[i].token_ids, params(fitted[i])) for i in todo])
 
         scored: list[int] = []
         for i, out in zip(todo, outputs):
