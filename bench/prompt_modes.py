@@ -1,6 +1,7 @@
-"""What each prompt mode costs and earns: tokens per reward, rewards/s and pairwise accuracy.
+"""What each prompt mode (and the likelihood method) costs and earns: tokens per reward, rewards/s
+and pairwise accuracy.
 
-    .venv/bin/python bench/prompt_modes.py [--pairs 128]
+    .venv/bin/python bench/prompt_modes.py [--pairs 128] [--only likelihood direct ...]
 
 A fixed-seed sample of Auto-J pairs (../shared/eval/autoj_pairwise.jsonl; data/samples/ when that is
 absent); each mode scores the chosen and the rejected response of every pair in one scorer call on
@@ -23,8 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEED = 0
-# (prompt mode, structured output)
-MODES = [("direct", False), ("fewshot", False), ("prefix", False), ("paper", False), ("paper", True)]
+# (name, method, prompt mode, structured output); likelihood has no prompt mode and runs beside them
+# so that its accuracy and rewards/s are measured on the same pairs in the same run.
+VARIANTS = [
+    ("likelihood", "likelihood", "direct", False),
+    ("direct", "generate", "direct", False),
+    ("fewshot", "generate", "fewshot", False),
+    ("prefix", "generate", "prefix", False),
+    ("paper", "generate", "paper", False),
+    ("paper + structured output", "generate", "paper", True),
+]
 
 
 def load_pairs(n: int) -> list[dict]:
@@ -35,7 +44,7 @@ def load_pairs(n: int) -> list[dict]:
     return random.Random(SEED).sample(rows, min(n, len(rows)))
 
 
-async def run(n_pairs: int) -> dict:
+async def run(n_pairs: int, only: list[str] | None) -> dict:
     from app.config import Settings
     from app.scoring.scorer import ScoreItem, ScoreOptions
     from app.service import FlipService
@@ -48,14 +57,15 @@ async def run(n_pairs: int) -> dict:
         raise SystemExit(service.load_error)
     results = {}
     try:
-        for mode, structured in MODES:
-            name = mode + (" + structured output" if structured else "")
+        for name, method, mode, structured in VARIANTS:
+            if only and name not in only:
+                continue
             print(f"{name} ...", flush=True)
             service.settings.structured_output = structured
             await service.engine._llm.reset_prefix_cache()  # no head start from the mode before
             started = time.perf_counter()
-            scored = await service.scorer.score(items, ScoreOptions(similarity=service.settings.similarity,
-                                                                     prompt_mode=mode))
+            options = ScoreOptions(similarity=service.settings.similarity, prompt_mode=mode, method=method)
+            scored = await service.scorer.score(items, options)
             seconds = time.perf_counter() - started
             wins = ties = 0.0
             for i in range(0, len(scored), 2):
@@ -82,8 +92,9 @@ async def run(n_pairs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=128)
+    parser.add_argument("--only", nargs="*", choices=[v[0] for v in VARIANTS], help="run only these variants")
     args = parser.parse_args()
-    results = asyncio.run(run(args.pairs))
+    results = asyncio.run(run(args.pairs, args.only))
     header = f"{'mode':<30}{'pairs':>6}{'accuracy':>10}{'ties':>6}{'rewards/s':>11}{'tok/reward':>11}{'unparsed':>10}"
     lines = [header, "-" * len(header)]
     for name, r in results.items():
