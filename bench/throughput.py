@@ -86,7 +86,10 @@ def _prepared_prompts(items: list[dict], tokenizer, settings):
     from app.scoring.scorer import ScoreItem
 
     scorer = _scorer(tokenizer, settings)
-    return [scorer.prepare_generate(ScoreItem(i["prompt"], i["response"]), settings.prompt_mode) for i in items]
+    items = [ScoreItem(i["prompt"], i["response"]) for i in items]
+    if settings.copy_guard:
+        items = [scorer.apply_copy_guard(item)[0] for item in items]
+    return [scorer.prepare_generate(item, settings.prompt_mode) for item in items]
 
 
 def _similarity(items: list[dict], raw_outputs: list[str], settings, embedder=None) -> list[float]:
@@ -120,7 +123,9 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
     from app.scoring.scorer import ScoreItem, likelihood_reward
 
     scorer = _scorer(llm.get_tokenizer(), settings)
-    prepared = [scorer.prepare_likelihood(ScoreItem(i["prompt"], i["response"]), settings.copy_guard) for i in items]
+    guarded = [scorer.apply_copy_guard(ScoreItem(i["prompt"], i["response"]))[0] if settings.copy_guard
+               else ScoreItem(i["prompt"], i["response"]) for i in items]
+    prepared = [scorer.prepare_likelihood(item) for item in guarded]
     conditional = [p.conditional_ids for p in prepared]
     pmi = settings.likelihood_baseline == "pmi"
     baselines = list(dict.fromkeys(tuple(p.unconditional_ids) for p in prepared)) if pmi else []
@@ -135,7 +140,7 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
     for out, p in zip(outs, prepared):
         n = len(p.instruction_ids)
         uncond = tail(by_baseline[tuple(p.unconditional_ids)], n) if pmi else None
-        rewards.append(likelihood_reward(tail(out, n), uncond, p.keep, settings.likelihood_scale)[0])
+        rewards.append(likelihood_reward(tail(out, n), uncond, settings.likelihood_scale)[0])
     return rewards, 0
 
 

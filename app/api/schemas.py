@@ -151,9 +151,8 @@ class Likelihood(BaseModel):
     unconditional: float | None = Field(description="The same without the response (pmi baseline only).")
     pmi: float | None = Field(None, description="conditional - unconditional.")
     scored_tokens: int
-    copied_tokens: int = Field(description="Instruction tokens the response copied verbatim (not credited).")
     reward_without_guard: float | None = Field(
-        None, description="The reward without the copy and keyword-stuffing guards; present only when a guard changed it."
+        None, description="The reward before the keyword-stuffing guard set it to 0; present only then."
     )
     response_fluency: float | None = Field(
         None, description="Mean log-probability per response token as the model reads it (the stuffing guard's input)."

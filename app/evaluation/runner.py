@@ -30,20 +30,18 @@ class MethodSpec:
 
     name: str
     options: dict[str, Any] | None = None  # None: computed locally (length, random, relevance)
-    read: str = "reward"  # reward | likelihood:unguarded | similarity:<name>:guarded|unguarded
+    read: str = "reward"  # reward | similarity:<name>
 
 
 def lm_methods(modes: tuple[str, ...] = ("paper", "direct")) -> list[MethodSpec]:
     specs = [
         MethodSpec("likelihood-pmi (default)", {"method": "likelihood"}),
-        # The same call: the service reports what the reward would have been without the guard.
-        MethodSpec("likelihood-pmi, no guard", {"method": "likelihood"}, "likelihood:unguarded"),
+        MethodSpec("likelihood-pmi, no guard", {"method": "likelihood", "copy_guard": False}),
     ]
     for mode in modes:
         options = {"method": "generate", "prompt_mode": mode}
         for sim in ("f1", "embedding", "hybrid"):
-            specs.append(MethodSpec(f"generate-{mode}-{sim}", options, f"similarity:{sim}:guarded"))
-        specs.append(MethodSpec(f"generate-{mode}-hybrid, no guard", options, "similarity:hybrid:unguarded"))
+            specs.append(MethodSpec(f"generate-{mode}-{sim}", options, f"similarity:{sim}"))
     specs.append(MethodSpec("llm-judge (1-10)", {"method": "judge"}))
     return specs
 
@@ -56,14 +54,10 @@ def _read(result: dict | None, how: str) -> float | None:
         return None
     if how == "reward":
         return result["reward"]
-    if how == "likelihood:unguarded":
-        unguarded = (result.get("likelihood") or {}).get("reward_without_guard")
-        return unguarded if unguarded is not None else result.get("reward")
-    _, sim, guarded = how.split(":")
-    if not result.get("similarities"):
-        return None
-    value = result["similarities"][sim]
-    return value * (1.0 - (result.get("copied_fraction") or 0.0)) if guarded == "guarded" else value
+    _, sim = how.split(":")
+    if not result.get("similarities"):  # the copy guard left nothing to reconstruct: reward 0; or an error
+        return result.get("reward")
+    return result["similarities"][sim]
 
 
 class Evaluator:

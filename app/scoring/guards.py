@@ -1,11 +1,14 @@
-"""Guards against the reward hack every FLIP variant falls for: a response that restates the
-instruction. Reconstructing (or scoring) the instruction from a response that contains it is
-trivial, so such a response would beat an honest answer.
+"""Guards against the reward hacks every FLIP variant falls for.
 
-The guard finds the parts of the instruction that the response copies word for word (runs of at
-least `min_words` normalised words) so the scorer can leave them out: what is left of the
-instruction must be implied by the response, not pasted into it. An honest answer that quotes
-the text it was asked to work on keeps its reward for the task words around the quote.
+Restating: a response that contains the instruction makes inferring (or scoring) the instruction
+trivial, so it would beat an honest answer. The copy guard deletes from the response every passage
+it copies from the instruction (runs of at least `min_words` words, in order) before scoring: the
+instruction must be implied by what the response adds, not pasted into it. Every instruction
+token is still scored, so two responses to one instruction stay on the same scale (an earlier
+version left the copied instruction tokens out of the score instead; measured on Auto-J, that
+penalised answers that quote their task and dropped pairwise accuracy from 0.55 to 0.40).
+
+Keyword stuffing: the instruction's words without its word order; see is_keyword_stuffing.
 """
 
 from __future__ import annotations
@@ -21,18 +24,18 @@ def _words(text: str) -> list[tuple[str, int, int]]:
 
 
 def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tuple[int, int]]:
-    """Character spans of `instruction` covered by runs of >= min_words words that also occur,
-    in the same order, in `response`. Spans are merged and sorted."""
-    inst = _words(instruction)
-    resp = [w for w, _, _ in _words(response)]
+    """Character spans of `response` covered by runs of >= min_words words that also occur, in the
+    same order, in `instruction`. Spans are merged and sorted."""
+    inst = [w for w, _, _ in _words(instruction)]
+    resp = _words(response)
     n = min(min_words, len(inst))
     if n == 0 or len(resp) < n:
         return []
-    response_grams = {tuple(resp[i : i + n]) for i in range(len(resp) - n + 1)}
+    instruction_grams = {tuple(inst[i : i + n]) for i in range(len(inst) - n + 1)}
     spans: list[tuple[int, int]] = []
-    for i in range(len(inst) - n + 1):
-        if tuple(w for w, _, _ in inst[i : i + n]) in response_grams:
-            start, end = inst[i][1], inst[i + n - 1][2]
+    for i in range(len(resp) - n + 1):
+        if tuple(w for w, _, _ in resp[i : i + n]) in instruction_grams:
+            start, end = resp[i][1], resp[i + n - 1][2]
             if spans and start <= spans[-1][1] + 1:
                 spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
             else:
@@ -40,30 +43,21 @@ def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tu
     return spans
 
 
-def copied_fraction(instruction: str, spans: list[tuple[int, int]]) -> float:
-    """Share of the instruction's word characters inside the copied spans."""
-    total = sum(end - start for _, start, end in _words(instruction))
-    if total == 0:
-        return 0.0
-    covered = sum(end - start for _, start, end in _words(instruction) if any(s <= start and end <= e for s, e in spans))
-    return covered / total
-
-
-def token_mask(text: str, offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """For each token of `text` (character offsets): True when it should still be scored.
-
-    A token with letters or digits is dropped when all of them lie inside copied spans. A token of
-    only punctuation or white space (".", ":", "\\n\\n") goes with the token before it, so the
-    punctuation inside a copied passage is not credited either."""
-    keep: list[bool] = []
-    for start, end in offsets:
-        positions = [i for i in range(start, end) if text[i].isalnum()]
-        if not positions:
-            keep.append(keep[-1] if keep else True)
-            continue
-        copied = all(any(s <= i < e for s, e in spans) for i in positions)
-        keep.append(not copied)
-    return keep
+def remove_copied(instruction: str, response: str, min_words: int = 3) -> tuple[str, float]:
+    """The response without the passages it copies from the instruction, and the share of its
+    word characters those passages held. Each removed passage leaves one space behind."""
+    spans = copied_spans(instruction, response, min_words)
+    if not spans:
+        return response, 0.0
+    total = sum(end - start for _, start, end in _words(response))
+    covered = sum(end - start for _, start, end in _words(response) if any(s <= start and end <= e for s, e in spans))
+    pieces, at = [], 0
+    for start, end in spans:
+        pieces.append(response[at:start])
+        at = end
+    pieces.append(response[at:])
+    kept = re.sub(r"[ \t]{2,}", " ", " ".join(p.strip(" \t") for p in pieces)).strip()
+    return kept, covered / total if total else 0.0
 
 
 # Keyword stuffing: the instruction's words without its word order. Measured on Self-Instruct and

@@ -103,7 +103,6 @@ class LikelihoodInputs:
     fitted: _Fitted
     instruction_ids: list[int]
     unconditional_ids: list[int]
-    keep: list[bool]  # per instruction token: still credited after the copy guard
     response_span: tuple[int, int]  # token positions of the response in fitted.token_ids
 
     @property
@@ -116,30 +115,28 @@ def _sigmoid(x: float) -> float:
 
 
 def likelihood_reward(
-    cond: list[float], uncond: list[float] | None, keep: list[bool], scale: float
-) -> tuple[float, dict[str, float | int | None]]:
-    """Reward from the instruction's token log-probabilities with the response (`cond`) and, for PMI,
-    without it (`uncond`); tokens the response copied (`keep` False) are left out.
+    cond: list[float], uncond: list[float] | None, scale: float
+) -> tuple[float, dict[str, float | int | bool | None]]:
+    """Reward from the instruction's token log-probabilities with the response (`cond`) and, for
+    PMI, without it (`uncond`).
 
     PMI: sigmoid(mean(cond - uncond) / scale), 0.5 when the response tells the model nothing.
     Without a baseline: exp(mean(cond) / scale), the geometric-mean token probability."""
-    scored = [k for k, kept in enumerate(keep) if kept]
-    mean_cond = sum(cond[k] for k in scored) / len(scored) if scored else None
-    mean_uncond = sum(uncond[k] for k in scored) / len(scored) if (scored and uncond) else None
-    details: dict[str, float | int | None] = {
+    mean_cond = sum(cond) / len(cond)
+    mean_uncond = sum(uncond) / len(uncond) if uncond else None
+    details: dict[str, float | int | bool | None] = {
         "conditional": mean_cond,
         "unconditional": mean_uncond,
-        "scored_tokens": len(scored),
-        "copied_tokens": len(keep) - len(scored),
+        "scored_tokens": len(cond),
     }
-    if len(scored) < len(keep):  # what the guard took away: the same formula over every token
-        details["reward_without_guard"] = likelihood_reward(cond, uncond, [True] * len(keep), scale)[0]
-    if not scored:
-        return 0.0, details  # the response only restates the instruction: nothing it implies
-    if uncond:
+    if mean_uncond is not None:
         details["pmi"] = mean_cond - mean_uncond
         return _sigmoid(details["pmi"] / scale), details
     return math.exp(mean_cond / scale), details
+
+
+def _has_words(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
 
 
 class Scorer:
@@ -183,16 +180,30 @@ class Scorer:
                 return _Fitted(error="the prompt does not fit the model's context even without the response")
             response = self.engine.tokenizer.decode(response_ids[:keep])
 
-    def _copy_spans(self, item: ScoreItem, guard: bool) -> list[tuple[int, int]]:
-        if not guard:
-            return []
-        return guards.copied_spans(item.instruction, self._clean(item.response), self.settings.copy_guard_words)
+    def apply_copy_guard(self, item: ScoreItem) -> tuple[ScoreItem, float]:
+        """The item with the passages its response copies from the instruction deleted, and the
+        share of the response they held (see app/scoring/guards.py)."""
+        response, copied = guards.remove_copied(item.instruction, self._clean(item.response),
+                                                self.settings.copy_guard_words)
+        return ScoreItem(item.instruction, response, item.context, item.id), copied
 
     # --- the entry point
 
     async def score(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         method = {"generate": self._generate_all, "likelihood": self._likelihood_all, "judge": self._judge_all}
-        results = await method[options.method](items, options)
+        # The copy guard (FLIP methods only; the judge sees the instruction anyway): score what the
+        # response adds to the instruction. A response that was nothing but copies scores 0.
+        guard = options.copy_guard and options.method != "judge"
+        guarded = await asyncio.to_thread(lambda: [self.apply_copy_guard(item) for item in items]) if guard else []
+        only_copies = [bool(guarded) and copied > 0 and not _has_words(guarded[i][0].response)
+                       for i, (_, copied) in enumerate(guarded)] or [False] * len(items)
+        todo = [i for i in range(len(items)) if not only_copies[i]]
+        scored = await method[options.method]([guarded[i][0] if guard else items[i] for i in todo], options)
+        results = [ItemResult(id=item.id, reward=0.0) for item in items]
+        for i, result in zip(todo, scored):
+            results[i] = result
+        for i, (_, copied) in enumerate(guarded):
+            results[i].copied_fraction = copied
         for result in results:
             result.method = options.method
             if result.error:
@@ -277,27 +288,21 @@ class Scorer:
             sims = {"f1": f1, "embedding": float(cosine)}
             sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
             result.similarities = sims
-            # Guard: the share of the instruction the response pasted in earns nothing.
-            copied = guards.copied_fraction(item.instruction, self._copy_spans(item, options.copy_guard))
-            result.copied_fraction = copied
-            result.reward = sims[options.similarity] * (1.0 - copied)
+            result.reward = sims[options.similarity]
         metrics.SIMILARITY_LATENCY.observe(time.perf_counter() - started)
 
     # --- likelihood: backward likelihood of the real instruction
 
-    def prepare_likelihood(self, item: ScoreItem, guard: bool) -> LikelihoodInputs:
-        tokenizer = self.engine.tokenizer
-        instruction = item.instruction.strip()
-        encoded = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)
-        limit = self.settings.max_instruction_tokens
-        instruction_ids = list(encoded["input_ids"])[:limit]
-        offsets = [tuple(o) for o in encoded["offset_mapping"]][:limit]
-        keep = guards.token_mask(instruction, offsets, self._copy_spans(ScoreItem(instruction, item.response), guard))
+    def prepare_likelihood(self, item: ScoreItem) -> LikelihoodInputs:
+        instruction_ids = self.engine.tokenizer.encode(item.instruction.strip(), add_special_tokens=False)
+        instruction_ids = instruction_ids[: self.settings.max_instruction_tokens]
+        if not instruction_ids:
+            return LikelihoodInputs(_Fitted(error="the instruction is empty"), [], [], (0, 0))
         budget = self.engine.max_model_len - len(instruction_ids) - 1
         fitted = self._fit(build_likelihood_prompt, item, budget)
         unconditional_head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
         span = self._response_span(fitted) if fitted.error is None else (0, 0)
-        return LikelihoodInputs(fitted, instruction_ids, unconditional_head + instruction_ids, keep, span)
+        return LikelihoodInputs(fitted, instruction_ids, unconditional_head + instruction_ids, span)
 
     def _response_span(self, fitted: _Fitted) -> tuple[int, int]:
         """Token positions of the response inside the rendered likelihood prompt."""
@@ -328,7 +333,7 @@ class Scorer:
 
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
-        prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item, guard) for item in items])
+        prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item) for item in items])
         results = [ItemResult(id=item.id, truncated=p.fitted.truncated, error=p.fitted.error)
                    for item, p in zip(items, prepared)]
         todo = [i for i, p in enumerate(prepared) if p.fitted.error is None]
@@ -351,9 +356,8 @@ class Scorer:
                 result.error = f"engine error: {type(failed).__name__}"
                 continue
             result.prompt_tokens = len(inputs.conditional_ids)
-            result.copied_fraction = 1.0 - sum(inputs.keep) / len(inputs.keep) if inputs.keep else 0.0
             cond = logprobs[-len(inputs.instruction_ids):]
-            result.reward, result.likelihood = likelihood_reward(cond, uncond, inputs.keep, self.settings.likelihood_scale)
+            result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale)
             start, end = inputs.response_span
             fluency = sum(logprobs[start:end]) / (end - start) if end > start else None
             result.likelihood["response_fluency"] = fluency

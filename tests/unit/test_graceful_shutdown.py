@@ -85,12 +85,18 @@ def wait_in_flight(url: str, count: int) -> None:
     raise AssertionError("requests never got in flight")
 
 
+def settle() -> None:
+    """The in-flight gauge counts a request from the middleware on; give it time to pass admission."""
+    time.sleep(0.5)
+
+
 def test_sigterm_finishes_in_flight_refuses_new_and_exits(tmp_path):
     process, url, log = start(tmp_path, engine_delay_s=2.0, grace_s=30)
     try:
         answers: list = []
         senders = [send_in_background(url, answers) for _ in range(3)]
         wait_in_flight(url, 3)
+        settle()
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         ready = httpx.get(url + "/ready")
@@ -118,6 +124,7 @@ def test_requests_still_running_after_the_grace_are_cancelled(tmp_path):
         answers: list = []
         sender = send_in_background(url, answers)
         wait_in_flight(url, 1)
+        settle()
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         process.wait(timeout=30)
@@ -141,6 +148,7 @@ def test_a_second_signal_stops_the_drain(tmp_path, second):
         answers: list = []
         sender = send_in_background(url, answers)
         wait_in_flight(url, 1)
+        settle()
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert process.poll() is None, "the first signal only starts the drain"

@@ -5,40 +5,35 @@ import math
 import pytest
 
 from app.scoring.guards import (
-    copied_fraction,
     copied_spans,
     instruction_word_share,
     is_keyword_stuffing,
-    token_mask,
+    remove_copied,
 )
 from app.scoring.parse import parse_judge_score
 
 INSTRUCTION = "Write a short poem about the autumn rain in the city"
 
 
-def test_copied_spans_find_runs_of_three_words():
+def test_copied_spans_are_found_in_the_response():
     response = "Sure! You asked: write a short poem about the autumn rain. Here it is."
     spans = copied_spans(INSTRUCTION, response, min_words=3)
-    assert [INSTRUCTION[s:e] for s, e in spans] == ["Write a short poem about the autumn rain"]
-    assert 0.6 < copied_fraction(INSTRUCTION, spans) < 1.0
+    assert [response[s:e] for s, e in spans] == ["write a short poem about the autumn rain"]
+
+
+def test_remove_copied_keeps_what_the_response_adds():
+    response = "Sure! You asked: write a short poem about the autumn rain. Grey drops drum on tin roofs."
+    kept, share = remove_copied(INSTRUCTION, response)
+    assert kept == "Sure! You asked: . Grey drops drum on tin roofs."
+    assert 0.4 < share < 0.6
+    restated, share = remove_copied(INSTRUCTION, "Here is my answer to your request: " + INSTRUCTION)
+    assert share > 0.6 and "poem" not in restated
 
 
 def test_no_copy_in_an_honest_answer():
     response = "Grey drops drum on tin roofs; umbrellas bloom along wet streets."
     assert copied_spans(INSTRUCTION, response) == []
-
-
-def test_token_mask_ignores_leading_space():
-    text = "say hello world now"
-    offsets = [(0, 3), (3, 9), (9, 15), (15, 19)]  # " hello" style tokens
-    assert token_mask(text, offsets, [(4, 15)]) == [True, False, False, True]
-
-
-def test_token_mask_drops_punctuation_inside_a_copied_passage():
-    text = "Write a poem. Then stop"
-    offsets = [(0, 5), (5, 7), (7, 12), (12, 13), (13, 18), (18, 23)]
-    spans = copied_spans(text, "sure: write a poem. ok", min_words=3)
-    assert token_mask(text, offsets, spans) == [False, False, False, False, True, True]
+    assert remove_copied(INSTRUCTION, response) == (response, 0.0)
 
 
 def test_keyword_stuffing_needs_both_instruction_words_and_implausible_order():
@@ -69,7 +64,7 @@ def _reward(client, response, **options):
 
 
 def test_likelihood_method_reports_logprobs(client):
-    body = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+    body = _reward(client, "Grey drops drum on tin roofs across the city", method="likelihood")
     assert body["method"] == "likelihood"
     assert body["inferred_instruction"] is None
     lik = body["likelihood"]
@@ -80,32 +75,29 @@ def test_likelihood_method_reports_logprobs(client):
 
 
 def test_restating_the_instruction_earns_nothing_under_the_guard(client):
-    honest = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+    honest = _reward(client, "Grey drops drum on tin roofs across the city", method="likelihood")
     restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
-    assert restated["copied_fraction"] == 1.0 and restated["reward"] == 0.0
-    assert honest["reward"] > restated["reward"]
+    assert restated["copied_fraction"] > 0.5 and restated["reward"] < honest["reward"]
 
 
 def test_likelihood_reward_formula():
     from app.scoring.scorer import likelihood_reward
 
     cond, uncond = [-1.0, -2.0, -3.0], [-2.0, -2.0, -5.0]
-    reward, details = likelihood_reward(cond, uncond, [True, True, True], scale=1.0)
+    reward, details = likelihood_reward(cond, uncond, scale=1.0)
     assert details["pmi"] == pytest.approx(1.0) and reward == pytest.approx(1 / (1 + math.exp(-1.0)))
-    assert "reward_without_guard" not in details
-    # The guard leaves the copied first token out; the unguarded figure is still reported.
-    reward, details = likelihood_reward(cond, uncond, [False, True, True], scale=1.0)
-    assert details["pmi"] == pytest.approx(1.0) and details["copied_tokens"] == 1
-    assert details["reward_without_guard"] == pytest.approx(1 / (1 + math.exp(-1.0)))
-    reward, details = likelihood_reward(cond, uncond, [False, False, False], scale=1.0)
-    assert reward == 0.0 and details["scored_tokens"] == 0 and details["reward_without_guard"] > 0.5
-    reward, _ = likelihood_reward(cond, None, [True, True, True], scale=2.0)
-    assert reward == pytest.approx(math.exp(-2.0 / 2.0))
+    assert details["scored_tokens"] == 3
+    reward, details = likelihood_reward(cond, None, scale=2.0)
+    assert reward == pytest.approx(math.exp(-2.0 / 2.0)) and "pmi" not in details
 
 
-def test_restatement_reports_its_unguarded_reward(client):
-    restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
-    assert restated["reward"] == 0.0 and restated["likelihood"]["reward_without_guard"] > 0.0
+def test_copied_passages_do_not_count_but_the_rest_of_the_response_does(client):
+    honest = "Grey drops drum on tin roofs across the city"
+    alone = _reward(client, honest, method="likelihood")
+    quoted = _reward(client, "You asked me to write a short poem about the autumn rain. " + honest, method="likelihood")
+    assert quoted["copied_fraction"] > 0.3 and alone["copied_fraction"] == 0.0
+    # the pasted instruction is deleted before scoring: nothing gained from it
+    assert quoted["reward"] <= alone["reward"] + 0.05
 
 
 def test_without_the_guard_the_copying_model_prefers_the_restatement(settings, fake_engine):
@@ -120,14 +112,17 @@ def test_without_the_guard_the_copying_model_prefers_the_restatement(settings, f
     service = FlipService(unguarded, engine_factory=lambda s: fake_engine, embedder_factory=lambda s: HashEmbedder())
     with TestClient(create_app(unguarded, service)) as client:
         _wait_ready(client)
-        honest = _reward(client, "Grey drops drum on tin roofs in the city", method="likelihood")
+        honest = _reward(client, "Grey drops drum on tin roofs across the city", method="likelihood")
         restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
     assert restated["reward"] > honest["reward"]
 
 
-def test_generate_guard_discounts_the_copied_share(client):
-    body = _reward(client, INSTRUCTION + " and that is all", method="generate")
-    assert body["copied_fraction"] == 1.0 and body["reward"] == 0.0
+def test_a_response_that_only_copies_scores_zero_without_reaching_the_engine(client, fake_engine):
+    calls = len(fake_engine.calls)
+    for method in ("generate", "likelihood"):
+        body = _reward(client, INSTRUCTION + ".", method=method)
+        assert body["copied_fraction"] == 1.0 and body["reward"] == 0.0 and body["error"] is None
+    assert len(fake_engine.calls) == calls
 
 
 def test_judge_method(client, fake_engine):

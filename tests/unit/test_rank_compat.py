@@ -61,7 +61,9 @@ def test_openrlhf_batch_and_single(client):
     assert body["errors"][1] == "the response is empty"
     assert set(body["extra_logs"]) == {"flip_f1", "flip_embedding", "flip_pmi", "flip_copied_fraction", "flip_parsed", "flip_truncated"}
     assert all(len(v) == 2 for v in body["extra_logs"].values())
-    assert body["inferred_instructions"][0].startswith("Explain why the sky is blue")
+    # the response was recovered from the query; the copy guard deleted the instruction it repeats
+    assert body["inferred_instructions"][0].endswith("light scatters")
+    assert body["extra_logs"]["flip_copied_fraction"][0] > 0.5
 
     single = client.post("/get_reward", json={"query": queries[0], "prompts": prompt, "labels": "x"}).json()
     assert single["rewards"] == body["rewards"][:1]
