@@ -86,11 +86,11 @@ class Settings(BaseSettings):
     max_instruction_tokens: int = Field(256, ge=8, description="Instruction tokens scored by likelihood (the rest cut).")
     copy_guard: bool = Field(
         True,
-        description="Do not credit instruction words the response copies verbatim (runs of copy_guard_words), "
-        "the restate-the-instruction hack; likelihood also scores 0 a response that is only the instruction's "
-        "words in an implausible order (keyword stuffing).",
+        description="Delete from the response the passages it copies from the instruction (runs of "
+        "copy_guard_words) before scoring, the restate-the-instruction hack; likelihood also scores 0 a response "
+        "that is only the instruction's words in an implausible order (keyword stuffing).",
     )
-    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words the guard discounts.")
+    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words the guard deletes.")
 
     # --- similarity model (sentence-transformers)
     embedding_model: str | None = Field(

@@ -98,8 +98,8 @@ class ScoringOptions(BaseModel):
     )
     copy_guard: bool | None = Field(
         None,
-        description="Discount instruction words the response copies verbatim (and, for likelihood, score keyword "
-        "stuffing 0); unset: the server default.",
+        description="Score the response without the passages it copies from the instruction (and, for "
+        "likelihood, score keyword stuffing 0); unset: the server default.",
     )
     details: bool = Field(False, description="Include the model's raw output in each result.")
     timeout_s: float | None = Field(
@@ -171,7 +171,7 @@ class RewardResult(BaseModel):
     likelihood: Likelihood | None = Field(None, description="likelihood: the log-probabilities behind the reward.")
     judge_score: int | None = Field(None, description="judge: the 1-10 score.")
     copied_fraction: float | None = Field(
-        None, description="Share of the instruction the response copies verbatim; the guard does not credit it."
+        None, description="Share of the response's words copied from the instruction; the guard scores without them."
     )
     parsed: bool | None = Field(description="False when no instruction could be parsed and raw text was compared.")
     truncated: bool = Field(description="True when the response (or context) was cut to fit the model.")
