@@ -3,13 +3,16 @@
 - MicroBatcher: callers submit a few items each; one worker gathers what arrives within a short
   window (or until a batch is full) and runs one call for all of it. Used for embeddings, so
   that 64 concurrent single /reward requests are encoded in one model call, not 64.
-- Admission: a counter of items accepted and not yet finished; past the bound, new work is
-  refused at once (the routes turn that into 429) instead of queueing without limit.
+- Admission: a counter of items accepted and not yet finished; past the bound, or when the work
+  ahead cannot finish before the new request's deadline, new work is refused at once (the routes
+  turn that into 429) instead of queueing into a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,32 +117,68 @@ class MicroBatcher(Generic[T, R]):
 
 
 class QueueFull(Exception):
-    def __init__(self, requested: int, queued: int, limit: int) -> None:
-        super().__init__(f"{queued} items are queued, the limit is {limit}; {requested} more do not fit")
+    def __init__(self, requested: int, queued: int, limit: int, reason: str | None = None,
+                 retry_after_s: int = 1) -> None:
+        super().__init__(reason or f"{queued} items are queued, the limit is {limit}; {requested} more do not fit")
         self.requested, self.queued, self.limit = requested, queued, limit
+        self.retry_after_s = retry_after_s
 
 
 class Admission:
-    """Counts items accepted and not yet finished. `with admission.admit(n):` raises QueueFull
-    when the n items would take the count past `limit`; otherwise they count until the block ends
-    (however it ends: result, error, timeout or cancellation)."""
+    """Counts items accepted and not yet finished. `with admission.admit(n, deadline_s):` raises
+    QueueFull when the n items would take the count past `limit`, or when the items already queued
+    cannot be scored before the new request's deadline at the rate the server has been finishing
+    items (it would only time out: a 429 now is better than a 504 later). Otherwise the items
+    count until the block ends (however it ends: result, error, timeout or cancellation)."""
 
-    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
+    # Service rate: items finished per second of busy time (time with work queued), decayed so
+    # that it follows the last minutes of work; idle time neither counts nor decays it.
+    HALF_LIFE_S = 60.0
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.queued = 0
         self._on_change = on_change
+        self._clock = clock
+        self._last_change = clock()
+        self._busy_s = 0.0
+        self._done = 0.0
+
+    def rate(self) -> float | None:
+        """Items finished per busy second lately; None until there is enough to go on."""
+        if self._done < 4 or self._busy_s < 1.0:
+            return None
+        return self._done / self._busy_s
 
     @contextmanager
-    def admit(self, n: int) -> Iterator[None]:
+    def admit(self, n: int, deadline_s: float | None = None) -> Iterator[None]:
         if self.queued + n > self.limit:
             raise QueueFull(n, self.queued, self.limit)
+        rate = self.rate()
+        if deadline_s is not None and rate is not None and self.queued / rate > deadline_s:
+            wait = self.queued / rate
+            raise QueueFull(n, self.queued, self.limit,
+                            f"the {self.queued} items queued take about {wait:.0f} s at {rate:.2f} items/s, "
+                            f"past this request's deadline of {deadline_s:g} s",
+                            retry_after_s=max(1, min(60, math.ceil(wait - deadline_s))))
         self._set(self.queued + n)
+        finished = False
         try:
             yield
+            finished = True
         finally:
-            self._set(self.queued - n)
+            self._set(self.queued - n, finished=n if finished else 0)
 
-    def _set(self, value: int) -> None:
+    def _set(self, value: int, finished: int = 0) -> None:
+        now = self._clock()
+        if self.queued > 0:  # busy since the last change
+            elapsed = now - self._last_change
+            decay = 0.5 ** (elapsed / self.HALF_LIFE_S)
+            self._busy_s = self._busy_s * decay + elapsed
+            self._done *= decay
+        self._done += finished
+        self._last_change = now
         self.queued = value
         if self._on_change is not None:
             self._on_change(value)

@@ -339,6 +339,27 @@ async def burst(url: str, items: list[dict]) -> dict:
 # --- the run
 
 
+def run_burst_only(method: str | None) -> None:
+    if method:
+        os.environ["FLIP_METHOD"] = method
+    pairs = load_pairs()
+    server = Server(RESULTS / "server.log")
+    try:
+        server.wait_ready()
+        warm = asyncio.run(singles(server.url, take(pairs, len(pairs) - 32, 32), 8))
+        print(f"warm-up: 32 singles at {warm['rewards_per_s']:.2f} rewards/s", flush=True)
+        b = asyncio.run(burst(server.url, take(pairs, 0, BURST)))
+    finally:
+        server.stop()
+    print(f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
+          f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"burst-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "warm_up": warm, "burst": b}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=256, help="items per service phase (and for the raw engine)")
@@ -346,6 +367,8 @@ def main() -> None:
     parser.add_argument("--naive-items", type=int, default=16, help="items for the naive pipeline (slow)")
     parser.add_argument("--method", choices=["likelihood", "generate"],
                         help="how the service and the raw engine score (default: the server's default)")
+    parser.add_argument("--burst-only", action="store_true",
+                        help="only the burst, after a warm-up of 32 singles (a quick backpressure check)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -353,6 +376,9 @@ def main() -> None:
         items = json.loads(Path(args.job).read_text())
         data = {"raw": run_raw, "naive": run_naive}[args.phase](items)
         Path(args.job).with_name(f".{args.phase}-result.json").write_text(json.dumps(data))
+        return
+    if args.burst_only:
+        run_burst_only(args.method)
         return
 
     from app.config import Settings
@@ -371,14 +397,15 @@ def main() -> None:
 
     results: dict = {}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    # The server starts first and idles while the raw engine runs, so that the ceiling and the
-    # service's main phase run back to back: the machine's load changes over minutes.
+    # The raw engine runs first and the service's main phase right after it: the machine's load
+    # changes over minutes. Not at the same time: two engines on a small machine crash (measured:
+    # with every core bound by both, the raw engine aborted while the server idled).
+    print("raw engine (LLM.generate, one call) ...", flush=True)
+    results["raw_engine"] = in_subprocess("raw", sets["c64"])
     server = Server(RESULTS / "server.log")
     try:
         server.wait_ready()
         asyncio.run(singles(server.url, take(pairs, len(pairs) - 8, 8), 8))  # warm-up, not measured
-        print("raw engine (LLM.generate, one call) ...", flush=True)
-        results["raw_engine"] = in_subprocess("raw", sets["c64"])
         for name, concurrency in (("c64", 64), ("c32", 32), ("c8", 8), ("c1", 1)):
             print(f"service: {concurrency} concurrent singles ...", flush=True)
             results[f"service_singles_c{concurrency}"] = asyncio.run(singles(server.url, sets[name], concurrency))

@@ -98,13 +98,14 @@ async def _score(
             return await service.scorer.score([_to_item(i) for i in items], score_options(service, options))
 
     try:
-        with service.admission.admit(len(items)):
+        with service.admission.admit(len(items), deadline):
             return await cancel_on_disconnect(request, score_within_deadline())
     except QueueFull as exc:
         metrics.REJECTED.inc()
-        # Work drains at engine speed (tens of items a second on a CPU, far more on a GPU): a
-        # second is a fair first wait; clients back off further on repeated 429s.
-        raise ApiError(429, "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": "1"})
+        # Retry-After: 1 s past the queue bound (clients back off further on repeated 429s); past
+        # the deadline check, about the time until the queue could finish within the deadline.
+        raise ApiError(429, "queue_full", f"server busy: {exc}; retry later",
+                       headers={"Retry-After": str(exc.retry_after_s)})
     except TimeoutError:
         metrics.TIMEOUTS.inc()
         raise ApiError(504, "timeout", f"not scored within the deadline of {deadline:g} s; the work was aborted")

@@ -81,3 +81,25 @@ def test_admission_bounds_and_releases_on_any_exit():
             raise RuntimeError("scoring failed")
     assert admission.queued == 0
     assert depths == [6, 10, 6, 0, 10, 0]
+
+
+def test_admission_refuses_work_that_would_only_time_out():
+    now = [0.0]
+    admission = Admission(limit=1000, clock=lambda: now[0])
+    assert admission.rate() is None
+    # 10 items finish after 5 busy seconds: 2 items/s
+    with admission.admit(10, deadline_s=30):
+        now[0] += 5.0
+    assert admission.rate() == pytest.approx(2.0, rel=0.05)
+    now[0] += 100.0  # idle time neither counts nor decays the rate
+    assert admission.rate() == pytest.approx(2.0, rel=0.05)
+    with admission.admit(50, deadline_s=30):  # nothing ahead: admitted whatever the deadline
+        # 50 ahead take ~25 s at 2/s: fits a 30 s deadline, not a 10 s one
+        with admission.admit(1, deadline_s=30):
+            pass
+        with pytest.raises(QueueFull, match="past this request's deadline of 10 s") as refused:
+            with admission.admit(1, deadline_s=10):
+                pass
+        assert 10 <= refused.value.retry_after_s <= 16  # ~25 s of work ahead, 10 s deadline
+        now[0] += 1.0
+    assert admission.queued == 0
