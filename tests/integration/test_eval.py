@@ -33,7 +33,9 @@ def test_eval_cli_on_20_rows(server, tmp_path):
         accuracy = pairs[name]["accuracy"]
         assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
     probes = results["recon"]["methods"]["likelihood-pmi (default)"]["probes"]
-    assert probes["restate"]["honest_wins"]["value"] >= 0.9
+    # the keyword-stuffing guard zeroes stuffed responses (0.03 vs 0.49 honest on 80 rows, README)
+    stuffing = probes["keyword_stuffing"]
+    assert stuffing["mean_probe_reward"] < stuffing["mean_honest_reward"]
     report = (out / "report.md").read_text()
     assert "Pairwise accuracy" in report and "restate" in report
     assert (out / "accuracy_by_method.png").stat().st_size > 1000

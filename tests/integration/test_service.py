@@ -36,8 +36,12 @@ def test_likelihood_on_real_engine_and_restatement_guard(http):
     honest = http.post("/reward", json=item).json()
     assert honest["method"] == "likelihood" and 0.0 < honest["reward"] < 1.0
     assert honest["likelihood"]["scored_tokens"] > 0
-    restated = http.post("/reward", json={**item, "response": "Sure! Here is my answer: " + item["prompt"]}).json()
-    assert restated["copied_fraction"] > 0.9 and restated["reward"] < honest["reward"]
+    # a response that only repeats the instruction scores 0; a framed one is scored without the copy
+    copied = http.post("/reward", json={**item, "response": item["prompt"]}).json()
+    assert copied["copied_fraction"] == 1.0 and copied["reward"] == 0.0 and copied["error"] is None
+    framed = http.post("/reward", json={**item, "response": "Sure! Here is my answer: " + item["prompt"]}).json()
+    assert framed["copied_fraction"] > 0.5 and framed["reward"] is not None
+    assert framed["likelihood"]["response_fluency"] is not None
 
 
 @pytest.mark.parametrize("method", ["likelihood", "generate"])
