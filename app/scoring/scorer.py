@@ -308,7 +308,9 @@ class Scorer:
         """Token positions of the response inside the rendered likelihood prompt."""
         prompt = build_likelihood_prompt(fitted.response, fitted.context)
         text = self.engine.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        start = text.rindex(fitted.response)
+        quoted = f'"""\n{fitted.response}\n"""'  # as build_likelihood_prompt quotes it: a short
+        # response ("the") also occurs in the question after it
+        start = text.rindex(quoted) + 4 if quoted in text else text.rindex(fitted.response)
         end = start + len(fitted.response)
         offsets = self.engine.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         inside = [k for k, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
