@@ -93,6 +93,8 @@ class _Fitted:
     truncated: bool = False
     error: str | None = None
     stop: tuple[str, ...] = ()
+    text: str = ""  # the rendered prompt, and each token's character span in it
+    offsets: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -150,9 +152,14 @@ class Scorer:
     # --- prompts (run in a worker thread: tokenizing long responses is CPU work)
 
     def _render(self, prompt: Prompt) -> list[int]:
+        return self._render_with_offsets(prompt)[0]
+
+    def _render_with_offsets(self, prompt: Prompt) -> tuple[list[int], str, list[tuple[int, int]]]:
         tokenizer = self.engine.tokenizer
         text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer.encode(text + prompt.answer_prefix, add_special_tokens=False)
+        text += prompt.answer_prefix
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(encoded["input_ids"]), text, [tuple(o) for o in encoded["offset_mapping"]]
 
     def _clean(self, response: str) -> str:
         return strip_think(response) if self.settings.strip_think else response.strip()
@@ -167,9 +174,10 @@ class Scorer:
         truncated = False
         while True:
             prompt = build(response, context)
-            ids = self._render(prompt)
+            ids, text, offsets = self._render_with_offsets(prompt)
             if len(ids) <= budget:
-                return _Fitted(ids, prompt.answer_prefix, response, context, truncated, stop=prompt.stop)
+                return _Fitted(ids, prompt.answer_prefix, response, context, truncated, stop=prompt.stop,
+                               text=text, offsets=offsets)
             truncated = True
             if context:
                 context.pop(0)
@@ -195,15 +203,15 @@ class Scorer:
         # response adds to the instruction. A response that was nothing but copies scores 0.
         guard = options.copy_guard and options.method != "judge"
         guarded = await asyncio.to_thread(lambda: [self.apply_copy_guard(item) for item in items]) if guard else []
-        only_copies = [bool(guarded) and copied > 0 and not _has_words(guarded[i][0].response)
-                       for i, (_, copied) in enumerate(guarded)] or [False] * len(items)
-        todo = [i for i in range(len(items)) if not only_copies[i]]
-        scored = await method[options.method]([guarded[i][0] if guard else items[i] for i in todo], options)
-        results = [ItemResult(id=item.id, reward=0.0) for item in items]
+        to_score = [item for item, _ in guarded] if guard else items
+        only_copies = {i for i, (item, copied) in enumerate(guarded) if copied > 0 and not _has_words(item.response)}
+        todo = [i for i in range(len(items)) if i not in only_copies]
+        scored = await method[options.method]([to_score[i] for i in todo], options)
+        results = [ItemResult(id=item.id, reward=0.0) for item in items]  # 0.0 stays for the all-copy ones
         for i, result in zip(todo, scored):
             results[i] = result
-        for i, (_, copied) in enumerate(guarded):
-            results[i].copied_fraction = copied
+        for result, (_, copied) in zip(results, guarded):
+            result.copied_fraction = copied
         for result in results:
             result.method = options.method
             if result.error:
@@ -304,16 +312,15 @@ class Scorer:
         span = self._response_span(fitted) if fitted.error is None else (0, 0)
         return LikelihoodInputs(fitted, instruction_ids, unconditional_head + instruction_ids, span)
 
-    def _response_span(self, fitted: _Fitted) -> tuple[int, int]:
+    @staticmethod
+    def _response_span(fitted: _Fitted) -> tuple[int, int]:
         """Token positions of the response inside the rendered likelihood prompt."""
-        prompt = build_likelihood_prompt(fitted.response, fitted.context)
-        text = self.engine.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
         quoted = f'"""\n{fitted.response}\n"""'  # as build_likelihood_prompt quotes it: a short
         # response ("the") also occurs in the question after it
+        text = fitted.text
         start = text.rindex(quoted) + 4 if quoted in text else text.rindex(fitted.response)
         end = start + len(fitted.response)
-        offsets = self.engine.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        inside = [k for k, (a, b) in enumerate(offsets) if a >= start and b <= end and b > a]
+        inside = [k for k, (a, b) in enumerate(fitted.offsets) if a >= start and b <= end and b > a]
         return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
     async def _prompt_logprobs(self, token_ids: list[int]) -> list[float]:
