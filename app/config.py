@@ -81,7 +81,14 @@ class Settings(BaseSettings):
         "without the response.",
     )
     likelihood_scale: float = Field(
-        1.0, gt=0.0, description="likelihood: reward = sigmoid(per-token score / scale) (pmi) or exp(score) (none)."
+        1.0, gt=0.0, description="likelihood: reward = sigmoid(per-token score / scale) (pmi, distractors) or "
+        "exp(score / scale) (none, no distractors)."
+    )
+    likelihood_distractors: int = Field(
+        4, ge=0, le=8,
+        description="likelihood: also score this many unrelated built-in instructions after the response and "
+        "subtract their mean score: a response that makes any instruction likely gains nothing. 0: off. Each "
+        "costs a prefill of the instruction only (the response's is reused from vLLM's prefix cache).",
     )
     max_instruction_tokens: int = Field(256, ge=8, description="Instruction tokens scored by likelihood (the rest cut).")
     copy_guard: bool = Field(

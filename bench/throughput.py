@@ -117,7 +117,8 @@ def _raw_generate(llm, items: list[dict], settings, embedder) -> tuple[list[floa
 
 
 def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]:
-    """The service's likelihood prompts (with the PMI baseline, each distinct one once) in one call."""
+    """The service's likelihood prompts in two engine calls: the real instructions (with the PMI
+    baselines, each distinct one once), then the distractors, read from the prefix cache."""
     from vllm import SamplingParams
 
     from app.scoring.scorer import ScoreItem, likelihood_reward
@@ -126,21 +127,36 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
     guarded = [scorer.apply_copy_guard(ScoreItem(i["prompt"], i["response"]))[0] if settings.copy_guard
                else ScoreItem(i["prompt"], i["response"]) for i in items]
     prepared = [scorer.prepare_likelihood(item) for item in guarded]
-    conditional = [p.conditional_ids for p in prepared]
     pmi = settings.likelihood_baseline == "pmi"
-    baselines = list(dict.fromkeys(tuple(p.unconditional_ids) for p in prepared)) if pmi else []
-    outs = llm.generate([{"prompt_token_ids": ids} for ids in conditional + [list(b) for b in baselines]],
-                        SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    baselines = list(dict.fromkeys(
+        tuple(ids) for p in prepared for ids in [p.unconditional_ids] + [p.unconditional_head + d for d in p.distractor_ids]
+    )) if pmi else []
+
+    def logprobs(prompts: list[list[int]], cached: bool) -> list:
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not cached)
+        return llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
 
     def tail(out, n: int) -> list[float]:
         return [pos[tok].logprob for tok, pos in zip(out.prompt_token_ids[-n:], out.prompt_logprobs[-n:])]
 
-    by_baseline = dict(zip(baselines, outs[len(conditional):]))
+    outs = logprobs([p.conditional_ids for p in prepared] + [list(b) for b in baselines], cached=False)
+    by_baseline = dict(zip(baselines, outs[len(prepared):]))
+    distractor_prompts = [(p, d) for p in prepared for d in p.distractor_ids]
+    distractor_outs = logprobs([p.fitted.token_ids + d for p, d in distractor_prompts], cached=True)
+    # a cache hit reaching a scored token leaves it without a logprob (VLLMEngine.prompt_logprobs): redo those
+    redo = [k for k, ((p, _), out) in enumerate(zip(distractor_prompts, distractor_outs))
+            if (out.num_cached_tokens or 0) >= len(p.fitted.token_ids)]
+    for k, out in zip(redo, logprobs([distractor_outs[k].prompt_token_ids for k in redo], cached=False)):
+        distractor_outs[k] = out
+    distractor_tails = iter(tail(out, len(d)) for (_, d), out in zip(distractor_prompts, distractor_outs))
     rewards = []
     for out, p in zip(outs, prepared):
         n = len(p.instruction_ids)
         uncond = tail(by_baseline[tuple(p.unconditional_ids)], n) if pmi else None
-        rewards.append(likelihood_reward(tail(out, n), uncond, settings.likelihood_scale)[0])
+        distractors = [(next(distractor_tails),
+                        tail(by_baseline[tuple(p.unconditional_head + d)], len(d)) if pmi else None)
+                       for d in p.distractor_ids]
+        rewards.append(likelihood_reward(tail(out, n), uncond, settings.likelihood_scale, distractors)[0])
     return rewards, 0
 
 

@@ -61,6 +61,7 @@ class FakeEngine:
         self.reply = reply
         self.healthy = True
         self.calls: list[list[int]] = []
+        self.scored_from: list[int] = []  # prompt_logprobs' hint, per call
         self.shut_down = False
         self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
         self.running = 0  # generations in progress; a cancelled one leaves at once
@@ -100,11 +101,12 @@ class FakeEngine:
             text = text[len(prefix):]
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
-    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         """A copying model: a word seen earlier in the prompt is likely (-0.1), a new one is not (-3)."""
         if not self.healthy:
             raise EngineUnavailable("fake engine is down")
         self.calls.append(prompt_token_ids)
+        self.scored_from.append(scored_from)
         return [None] + [-0.1 if t in prompt_token_ids[:i] else -3.0 for i, t in enumerate(prompt_token_ids) if i > 0]
 
     def is_healthy(self) -> bool:

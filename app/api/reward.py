@@ -122,6 +122,7 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
         prompt_mode=options.prompt_mode or defaults.prompt_mode,
         method=options.method or defaults.method,
         copy_guard=defaults.copy_guard if options.copy_guard is None else options.copy_guard,
+        distractors=defaults.likelihood_distractors if options.distractors is None else options.distractors,
     )
 
 

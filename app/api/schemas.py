@@ -101,6 +101,11 @@ class ScoringOptions(BaseModel):
         description="Score the response without the passages it copies from the instruction (and, for "
         "likelihood, score keyword stuffing 0); unset: the server default.",
     )
+    distractors: int | None = Field(
+        None, ge=0, le=8,
+        description="likelihood only: how many unrelated built-in instructions to contrast the real one with "
+        "(0: plain pmi); unset: the server default.",
+    )
     details: bool = Field(False, description="Include the model's raw output in each result.")
     timeout_s: float | None = Field(
         None, gt=0, description="Deadline for this request in seconds (unset: the server default; at most "
@@ -156,6 +161,12 @@ class Likelihood(BaseModel):
     )
     response_fluency: float | None = Field(
         None, description="Mean log-probability per response token as the model reads it (the stuffing guard's input)."
+    )
+    distractor_score: float | None = Field(
+        None, description="The mean score (pmi) of the unrelated instructions after the same response."
+    )
+    contrast: float | None = Field(
+        None, description="pmi - distractor_score: the reward is sigmoid(contrast / scale) when distractors are on."
     )
     keyword_stuffing: bool | None = Field(
         None, description="The guard found the response to be the instruction's words without its order: reward 0."

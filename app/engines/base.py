@@ -43,8 +43,11 @@ class Engine(Protocol):
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         """Generate a completion. Cancelling the awaiting task aborts the engine request."""
 
-    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
-        """Log-probability of each prompt token given the ones before it (None for the first)."""
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+        """Log-probability of each prompt token given the ones before it (None for the first).
+
+        `scored_from`: only positions from here on are needed; the engine may reuse cached work for
+        the tokens before it and return None for those positions."""
 
     def is_healthy(self) -> bool:
         """False once the engine has died; the service then reports not ready."""

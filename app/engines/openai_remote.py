@@ -178,7 +178,8 @@ class RemoteEngine:
             finish_reason=choice.get("finish_reason"),
         )
 
-    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+        # `scored_from` is a hint this engine does not need: the server computes every position.
         # vLLM's extra parameter `prompt_logprobs`: 0 gives the logprob of the actual token at
         # every position. A server without it answers 4xx or leaves the field out.
         payload = {"model": self.model_name, "prompt": prompt_token_ids, "max_tokens": 1, "temperature": 0.0,

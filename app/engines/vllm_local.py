@@ -177,16 +177,27 @@ class VLLMEngine:
             finish_reason=completion.finish_reason,
         )
 
-    async def prompt_logprobs(self, prompt_token_ids: list[int]) -> list[float | None]:
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         from vllm import SamplingParams
 
         # One prefill, one throw-away output token; prompt_logprobs=0 returns the logprob of the
-        # actual prompt token at every position.
-        out = await self._final_output(prompt_token_ids, SamplingParams(max_tokens=1, prompt_logprobs=0))
-        result: list[float | None] = []
-        for token_id, position in zip(prompt_token_ids, out.prompt_logprobs):
-            result.append(None if position is None else position[token_id].logprob)
-        return result
+        # actual prompt token at every position (not detokenized: unused, and slow). vLLM skips its
+        # prefix cache for such requests unless told otherwise: with `scored_from` > 1 it may read
+        # it (a response scored against several instructions is prefilled once). Positions served
+        # from the cache carry no logprob (their slots are left unwritten), so a hit that reaches a
+        # scored position (a repeated prompt) is run again without the cache.
+        def params(skip_cache: bool) -> SamplingParams:
+            return SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
+                                  skip_reading_prefix_cache=skip_cache)
+
+        use_cache = scored_from > 1
+        out = await self._final_output(prompt_token_ids, params(skip_cache=not use_cache))
+        cached = out.num_cached_tokens or 0
+        if use_cache and cached >= scored_from:
+            out, cached = await self._final_output(prompt_token_ids, params(skip_cache=True)), 0
+        # position k's logprob needs the hidden state at k - 1: none for k <= cached
+        return [None if position is None or k <= cached else position[token_id].logprob
+                for k, (token_id, position) in enumerate(zip(prompt_token_ids, out.prompt_logprobs))]
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

@@ -35,8 +35,9 @@ class MethodSpec:
 
 def lm_methods(modes: tuple[str, ...] = ("paper", "direct")) -> list[MethodSpec]:
     specs = [
-        MethodSpec("likelihood-pmi (default)", {"method": "likelihood"}),
-        MethodSpec("likelihood-pmi, no guard", {"method": "likelihood", "copy_guard": False}),
+        MethodSpec("likelihood (default)", {"method": "likelihood"}),
+        MethodSpec("likelihood, no distractors", {"method": "likelihood", "distractors": 0}),
+        MethodSpec("likelihood, no guard", {"method": "likelihood", "copy_guard": False}),
     ]
     for mode in modes:
         options = {"method": "generate", "prompt_mode": mode}

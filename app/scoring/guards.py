@@ -2,8 +2,10 @@
 
 Restating: a response that contains the instruction makes inferring (or scoring) the instruction
 trivial, so it would beat an honest answer. The copy guard deletes from the response every passage
-it copies from the instruction (runs of at least `min_words` words, in order) before scoring: the
-instruction must be implied by what the response adds, not pasted into it. Every instruction
+it copies from the instruction before scoring: the instruction must be implied by what the response
+adds, not pasted into it. A passage is a run of at least `min_words` words in the instruction's
+order, or of `min_words` content words (stop words skipped on both sides), so dropping or swapping
+the small words ("write email friends inviting dinner") does not hide a copy. Every instruction
 token is still scored, so two responses to one instruction stay on the same scale (an earlier
 version left the copied instruction tokens out of the score instead; measured on Auto-J, that
 penalised answers that quote their task and dropped pairwise accuracy from 0.55 to 0.40).
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -23,23 +27,32 @@ def _words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(0).lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tuple[int, int]]:
-    """Character spans of `response` covered by runs of >= min_words words that also occur, in the
-    same order, in `instruction`. Spans are merged and sorted."""
-    inst = [w for w, _, _ in _words(instruction)]
-    resp = _words(response)
-    n = min(min_words, len(inst))
+def _content(words: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    return [w for w in words if w[0] not in ENGLISH_STOP_WORDS]
+
+
+def _runs(inst: list[tuple[str, int, int]], resp: list[tuple[str, int, int]], n: int) -> list[tuple[int, int]]:
+    """Character spans of the n-word windows of `resp` that also occur in `inst`."""
+    n = min(n, len(inst))
     if n == 0 or len(resp) < n:
         return []
-    instruction_grams = {tuple(inst[i : i + n]) for i in range(len(inst) - n + 1)}
+    grams = {tuple(w for w, _, _ in inst[i : i + n]) for i in range(len(inst) - n + 1)}
+    return [(resp[i][1], resp[i + n - 1][2]) for i in range(len(resp) - n + 1)
+            if tuple(w for w, _, _ in resp[i : i + n]) in grams]
+
+
+def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tuple[int, int]]:
+    """Character spans of `response` covered by runs of >= min_words words, or of >= min_words
+    content words (stop words skipped on both sides), that also occur in the same order in
+    `instruction`. Spans are merged and sorted."""
+    inst, resp = _words(instruction), _words(response)
+    found = sorted(_runs(inst, resp, min_words) + _runs(_content(inst), _content(resp), min_words))
     spans: list[tuple[int, int]] = []
-    for i in range(len(resp) - n + 1):
-        if tuple(w for w, _, _ in resp[i : i + n]) in instruction_grams:
-            start, end = resp[i][1], resp[i + n - 1][2]
-            if spans and start <= spans[-1][1] + 1:
-                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
-            else:
-                spans.append((start, end))
+    for start, end in found:
+        if spans and start <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
     return spans
 
 
@@ -64,8 +77,12 @@ def remove_copied(instruction: str, response: str, min_words: int = 3) -> tuple[
 # Auto-J (2026-11-29): stuffed responses take 100% of their words from the instruction and read at
 # -4.4 to -9 nats per token to the model; honest answers that reuse the instruction's words (rewrites
 # of a given passage) are fluent, and the median honest answer takes 24-31% of its words from it.
+# Short honest answers picked out of the instruction ("Confident" from a list of tones, a formula
+# built from the cells it names) match both; the stuffed probes have 37-40 words, the honest
+# answers caught without a floor 1-12.
 STUFFING_WORD_SHARE = 0.8
 STUFFING_FLUENCY = -4.0
+STUFFING_MIN_WORDS = 16
 
 
 def instruction_word_share(instruction: str, response: str) -> float:
@@ -77,6 +94,6 @@ def instruction_word_share(instruction: str, response: str) -> float:
 
 def is_keyword_stuffing(instruction: str, response: str, fluency: float | None) -> bool:
     """The response is (nearly) only instruction words, in an order the model finds implausible."""
-    if fluency is None or fluency >= STUFFING_FLUENCY:
+    if fluency is None or fluency >= STUFFING_FLUENCY or len(_words(response)) < STUFFING_MIN_WORDS:
         return False
     return instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE

@@ -108,6 +108,20 @@ _SYSTEM_LIKELIHOOD = (
 # Stands in for the response when measuring how likely the instruction is on its own (the PMI baseline).
 NO_RESPONSE = "(no response)"
 
+# Unrelated instructions scored after the same response (likelihood_distractors): a response that
+# makes any instruction likely ("Sure! Here is my answer...") says nothing about its own. Written
+# for this project, varied in task and form; none is drawn from an eval set.
+DISTRACTOR_INSTRUCTIONS = (
+    "Write a short poem about the ocean.",
+    "Explain how vaccines train the immune system.",
+    "Write a Python function that returns the largest number in a list.",
+    "Give me three tips for a job interview.",
+    "Translate into French: the meeting starts at noon.",
+    "Summarize the causes of the First World War in two sentences.",
+    "Suggest a name for a bakery that sells only bread.",
+    "What is the difference between weather and climate?",
+)
+
 
 def build_likelihood_prompt(response: str, context: list[dict[str, str]] | None = None) -> Prompt:
     """Messages after which the real instruction is scored token by token as the assistant's reply."""

@@ -6,7 +6,9 @@ Three methods, all served by the same engine:
   the engine generates -> parse the inferred instruction -> similarity with the real one.
 - likelihood (backward likelihood): one prefill scores the real instruction token by token as the
   model's answer to "what was the instruction?" after the response; optionally minus the same
-  without the response (pointwise mutual information). Nothing to decode or parse.
+  without the response (pointwise mutual information), and minus the mean score of unrelated
+  instructions after the same response (distractors, prefilled from the prefix cache). Nothing to
+  decode or parse.
 - judge: the LLM-as-a-judge baseline, a 1-10 score from the same model.
 
 All items of a batch go to the engine at once, so they share its continuous batching.
@@ -32,6 +34,7 @@ from app.scoring import guards
 from app.scoring.constraints import paper_output_regex
 from app.scoring.parse import parse_direct, parse_instruction, parse_judge_score, strip_think
 from app.scoring.prompts import (
+    DISTRACTOR_INSTRUCTIONS,
     NO_RESPONSE,
     Prompt,
     build_judge_prompt,
@@ -62,6 +65,7 @@ class ScoreOptions:
     prompt_mode: PromptMode
     method: Method = "generate"
     copy_guard: bool = True
+    distractors: int | None = None  # likelihood: unrelated instructions to contrast with; None: Settings.likelihood_distractors
 
 
 @dataclass
@@ -100,12 +104,14 @@ class _Fitted:
 @dataclass
 class LikelihoodInputs:
     """One item's likelihood prompts: the instruction scored after the response (`conditional_ids`)
-    and after no response (`unconditional_ids`, the PMI baseline)."""
+    and after no response (`unconditional_ids`, the PMI baseline); the same for each distractor."""
 
     fitted: _Fitted
     instruction_ids: list[int]
     unconditional_ids: list[int]
     response_span: tuple[int, int]  # token positions of the response in fitted.token_ids
+    distractor_ids: list[list[int]] = field(default_factory=list)
+    unconditional_head: list[int] = field(default_factory=list)
 
     @property
     def conditional_ids(self) -> list[int]:
@@ -116,25 +122,47 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+Scored = tuple[list[float], list[float] | None]  # an instruction's token logprobs with and without the response
+
+
 def likelihood_reward(
-    cond: list[float], uncond: list[float] | None, scale: float
+    cond: list[float], uncond: list[float] | None, scale: float, distractors: list[Scored] = ()
 ) -> tuple[float, dict[str, float | int | bool | None]]:
     """Reward from the instruction's token log-probabilities with the response (`cond`) and, for
-    PMI, without it (`uncond`).
+    PMI, without it (`uncond`); `distractors` holds the same for unrelated instructions.
 
-    PMI: sigmoid(mean(cond - uncond) / scale), 0.5 when the response tells the model nothing.
-    Without a baseline: exp(mean(cond) / scale), the geometric-mean token probability."""
-    mean_cond = sum(cond) / len(cond)
-    mean_uncond = sum(uncond) / len(uncond) if uncond else None
+    An instruction's score is mean(cond) - mean(uncond) with PMI, mean(cond) without.
+    With distractors: sigmoid((score - mean distractor score) / scale), 0.5 when the response
+    explains its own instruction no better than unrelated ones. Without: sigmoid(score / scale)
+    for PMI (0.5 when the response tells the model nothing), exp(score / scale) without a baseline
+    (the geometric-mean token probability)."""
+
+    def score(c: list[float], u: list[float] | None) -> float:
+        return _mean(c) - (_mean(u) if u else 0.0)
+
+    mean_uncond = _mean(uncond) if uncond else None
     details: dict[str, float | int | bool | None] = {
-        "conditional": mean_cond,
+        "conditional": _mean(cond),
         "unconditional": mean_uncond,
         "scored_tokens": len(cond),
     }
     if mean_uncond is not None:
-        details["pmi"] = mean_cond - mean_uncond
+        details["pmi"] = details["conditional"] - mean_uncond
+    if distractors:
+        details["distractor_score"] = _mean([score(c, u) for c, u in distractors])
+        details["contrast"] = score(cond, uncond) - details["distractor_score"]
+        return _sigmoid(details["contrast"] / scale), details
+    if mean_uncond is not None:
         return _sigmoid(details["pmi"] / scale), details
-    return math.exp(mean_cond / scale), details
+    return math.exp(details["conditional"] / scale), details
+
+
+async def _none() -> None:
+    return None
 
 
 def _has_words(text: str) -> bool:
@@ -301,16 +329,22 @@ class Scorer:
 
     # --- likelihood: backward likelihood of the real instruction
 
-    def prepare_likelihood(self, item: ScoreItem) -> LikelihoodInputs:
-        instruction_ids = self.engine.tokenizer.encode(item.instruction.strip(), add_special_tokens=False)
-        instruction_ids = instruction_ids[: self.settings.max_instruction_tokens]
+    def prepare_likelihood(self, item: ScoreItem, distractors: int | None = None) -> LikelihoodInputs:
+        instruction_ids = self._instruction_ids(item.instruction)
         if not instruction_ids:
             return LikelihoodInputs(_Fitted(error="the instruction is empty"), [], [], (0, 0))
-        budget = self.engine.max_model_len - len(instruction_ids) - 1
+        k = self.settings.likelihood_distractors if distractors is None else distractors
+        distractor_ids = [self._instruction_ids(d) for d in DISTRACTOR_INSTRUCTIONS[:k]]
+        longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])
+        budget = self.engine.max_model_len - longest - 1
         fitted = self._fit(build_likelihood_prompt, item, budget)
-        unconditional_head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
+        head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
         span = self._response_span(fitted) if fitted.error is None else (0, 0)
-        return LikelihoodInputs(fitted, instruction_ids, unconditional_head + instruction_ids, span)
+        return LikelihoodInputs(fitted, instruction_ids, head + instruction_ids, span, distractor_ids, head)
+
+    def _instruction_ids(self, instruction: str) -> list[int]:
+        ids = self.engine.tokenizer.encode(instruction.strip(), add_special_tokens=False)
+        return ids[: self.settings.max_instruction_tokens]
 
     @staticmethod
     def _response_span(fitted: _Fitted) -> tuple[int, int]:
@@ -323,13 +357,16 @@ class Scorer:
         inside = [k for k, (a, b) in enumerate(fitted.offsets) if a >= start and b <= end and b > a]
         return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
-    async def _prompt_logprobs(self, token_ids: list[int]) -> list[float]:
-        logprobs = await self.engine.prompt_logprobs(token_ids)
+    async def _prompt_logprobs(self, token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+        logprobs = await self.engine.prompt_logprobs(token_ids, scored_from)
         metrics.PROMPT_TOKENS.inc(len(token_ids))
-        return [lp if lp is not None else 0.0 for lp in logprobs]
+        return logprobs
 
-    async def _instruction_logprobs(self, token_ids: list[int], n: int) -> list[float]:
-        return (await self._prompt_logprobs(token_ids))[-n:]
+    async def _instruction_logprobs(self, token_ids: list[int], n: int, scored_from: int = 0) -> list[float]:
+        logprobs = (await self._prompt_logprobs(token_ids, scored_from))[-n:]
+        if any(lp is None for lp in logprobs):  # the engine broke its contract: never score a gap as 0
+            raise RuntimeError("the engine returned no logprob for a scored instruction token")
+        return logprobs
 
     async def _unconditional_logprobs(self, token_ids: list[int], n: int) -> list[float]:
         key = tuple(token_ids)
@@ -340,35 +377,50 @@ class Scorer:
         self._unconditional.move_to_end(key)
         return self._unconditional[key]
 
+    async def _likelihood_one(self, inputs: LikelihoodInputs, pmi: bool) -> tuple[list[float | None], list[Scored]]:
+        """The real instruction's prompt logprobs (every position: the response's feed the stuffing
+        guard) and, for the PMI baseline, its unconditional ones; then each distractor's, once the
+        response is in the prefix cache (only the distractor's own tokens are computed)."""
+        n = len(inputs.instruction_ids)
+        baselines = [inputs.unconditional_head + d for d in inputs.distractor_ids] if pmi else []
+        real, uncond, *distractor_uncond = await asyncio.gather(
+            self._prompt_logprobs(inputs.conditional_ids),
+            self._unconditional_logprobs(inputs.unconditional_ids, n) if pmi else _none(),
+            *[self._unconditional_logprobs(ids, len(d)) for ids, d in zip(baselines, inputs.distractor_ids)],
+        )
+        prefix = len(inputs.fitted.token_ids)
+        distractor_cond = await asyncio.gather(
+            *[self._instruction_logprobs(inputs.fitted.token_ids + d, len(d), scored_from=prefix)
+              for d in inputs.distractor_ids]
+        )
+        scored = [(real[-n:], uncond)]
+        if any(lp is None for lp in scored[0][0]):
+            raise RuntimeError("the engine returned no logprob for a scored instruction token")
+        distractors = list(zip(distractor_cond, distractor_uncond if pmi else [None] * len(distractor_cond)))
+        return real, scored + distractors
+
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
-        prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item) for item in items])
+        prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item, options.distractors) for item in items])
         results = [ItemResult(id=item.id, truncated=p.fitted.truncated, error=p.fitted.error)
                    for item, p in zip(items, prepared)]
         todo = [i for i, p in enumerate(prepared) if p.fitted.error is None]
-        use_pmi = self.settings.likelihood_baseline == "pmi"
-        conditional = self._run([self._prompt_logprobs(prepared[i].conditional_ids) for i in todo])
-        unconditional = self._run(
-            [self._unconditional_logprobs(prepared[i].unconditional_ids, len(prepared[i].instruction_ids))
-             for i in todo] if use_pmi else []
-        )
+        pmi = self.settings.likelihood_baseline == "pmi"
         started = time.perf_counter()
-        cond_out, uncond_out = await asyncio.gather(conditional, unconditional)
+        outputs = await self._run([self._likelihood_one(prepared[i], pmi) for i in todo])
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
-        for n, i in enumerate(todo):
+        for i, out in zip(todo, outputs):
             result, inputs = results[i], prepared[i]
-            logprobs = cond_out[n]
-            uncond = uncond_out[n] if use_pmi else None
-            failed = next((x for x in (logprobs, uncond) if isinstance(x, BaseException)), None)
-            if failed is not None:
-                log.warning("engine failed on item %d: %r", i, failed)
-                result.error = f"engine error: {type(failed).__name__}"
+            if isinstance(out, BaseException):
+                log.warning("engine failed on item %d: %r", i, out)
+                result.error = f"engine error: {type(out).__name__}"
                 continue
+            logprobs, [(cond, uncond), *distractors] = out
             result.prompt_tokens = len(inputs.conditional_ids)
-            cond = logprobs[-len(inputs.instruction_ids):]
-            result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale)
+            result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale,
+                                                                 distractors)
             start, end = inputs.response_span
-            fluency = sum(logprobs[start:end]) / (end - start) if end > start else None
+            fluency = _mean([lp or 0.0 for lp in logprobs[start:end]]) if end > start else None
             result.likelihood["response_fluency"] = fluency
             if guard and result.reward > 0.0 and guards.is_keyword_stuffing(
                 items[i].instruction, inputs.fitted.response, fluency

@@ -1,5 +1,5 @@
 """`flip-reward eval` end to end against the real service: 20 pairwise rows, 8 reconstruction rows
-(each with 2 + 6 probe items), the default method, one generate variant, the judge and the baselines."""
+(each with 2 + 7 probe items), the default method, one generate variant, the judge and the baselines."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def test_eval_cli_on_20_rows(server, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     pairs = results["pairs"]["methods"]
-    for name in ("likelihood-pmi (default)", "generate-direct-hybrid", "llm-judge (1-10)", "length (longer wins)",
+    for name in ("likelihood (default)", "generate-direct-hybrid", "llm-judge (1-10)", "length (longer wins)",
                  "relevance (no LM)"):
         accuracy = pairs[name]["accuracy"]
         assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
-    probes = results["recon"]["methods"]["likelihood-pmi (default)"]["probes"]
+    probes = results["recon"]["methods"]["likelihood (default)"]["probes"]
     # the keyword-stuffing guard zeroes stuffed responses (0.03 vs 0.49 honest on 80 rows, README)
     stuffing = probes["keyword_stuffing"]
     assert stuffing["mean_probe_reward"] < stuffing["mean_honest_reward"]

@@ -59,9 +59,9 @@ async def test_eval_run_through_the_api(tmp_path, client):
     assert results["pairs"]["kind"] == "pairwise"
     length = results["pairs"]["methods"]["length (longer wins)"]["accuracy"]
     assert length["value"] == 1.0 and length["n"] == 6
-    probes = results["recon"]["methods"]["likelihood-pmi (default)"]["probes"]
+    probes = results["recon"]["methods"]["likelihood (default)"]["probes"]
     assert probes["restate"]["honest_wins"]["value"] == 1.0  # the guard: a restatement earns nothing
-    files = report.write(results, tmp_path / "out", "header", highlight="likelihood-pmi (default)")
+    files = report.write(results, tmp_path / "out", "header", highlight="likelihood (default)")
     assert "| length (longer wins) |" in files["markdown"].read_text()
     assert files["accuracy_by_method"].stat().st_size > 0
 

@@ -30,6 +30,14 @@ def test_remove_copied_keeps_what_the_response_adds():
     assert share > 0.6 and "poem" not in restated
 
 
+def test_a_copy_with_the_small_words_dropped_is_still_a_copy():
+    response = "As I understand it: write short poem autumn rain city. Done."
+    kept, share = remove_copied(INSTRUCTION, response)
+    assert "poem" not in kept and share > 0.5
+    # a copied phrase of small words: every word counts too
+    assert remove_copied("Who are you?", "You ask: who are you? I am a model.")[0] == "You ask: ? I am a model."
+
+
 def test_no_copy_in_an_honest_answer():
     response = "Grey drops drum on tin roofs; umbrellas bloom along wet streets."
     assert copied_spans(INSTRUCTION, response) == []
@@ -37,7 +45,7 @@ def test_no_copy_in_an_honest_answer():
 
 
 def test_keyword_stuffing_needs_both_instruction_words_and_implausible_order():
-    stuffed = "poem autumn rain city poem short write rain autumn city poem"
+    stuffed = "poem autumn rain city poem short write rain autumn city poem " * 2
     assert instruction_word_share(INSTRUCTION, stuffed) == 1.0
     assert is_keyword_stuffing(INSTRUCTION, stuffed, fluency=-7.0)
     # the same words read fluently (a rewrite of the instruction's own text) are not stuffing
@@ -46,6 +54,8 @@ def test_keyword_stuffing_needs_both_instruction_words_and_implausible_order():
     assert instruction_word_share(INSTRUCTION, honest) < 0.2
     assert not is_keyword_stuffing(INSTRUCTION, honest, fluency=-7.0)
     assert not is_keyword_stuffing(INSTRUCTION, stuffed, fluency=None)
+    # a short answer picked out of the instruction is not stuffing, however oddly it reads
+    assert not is_keyword_stuffing(INSTRUCTION, "autumn rain", fluency=-7.0)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +99,45 @@ def test_likelihood_reward_formula():
     assert details["scored_tokens"] == 3
     reward, details = likelihood_reward(cond, None, scale=2.0)
     assert reward == pytest.approx(math.exp(-2.0 / 2.0)) and "pmi" not in details
+
+
+def test_likelihood_reward_with_distractors():
+    from app.scoring.scorer import likelihood_reward
+
+    cond, uncond = [-1.0, -2.0, -3.0], [-2.0, -2.0, -5.0]  # pmi 1.0
+    distractors = [([-4.0], [-4.0]), ([-2.0, -2.0], [-3.0, -3.0])]  # pmi 0.0 and 1.0: mean 0.5
+    reward, details = likelihood_reward(cond, uncond, 1.0, distractors)
+    assert details["distractor_score"] == pytest.approx(0.5) and details["contrast"] == pytest.approx(0.5)
+    assert reward == pytest.approx(1 / (1 + math.exp(-0.5)))
+    # a response that makes every instruction as likely as its own: 0.5, whatever its pmi
+    reward, _ = likelihood_reward(cond, uncond, 1.0, [(cond, uncond)] * 3)
+    assert reward == pytest.approx(0.5)
+
+
+def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(client, fake_engine):
+    from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS
+
+    response = "Grey drops drum on tin roofs across the city"
+    first = len(fake_engine.calls)
+    body = _reward(client, response, method="likelihood", distractors=2)
+    lik = body["likelihood"]
+    assert lik["contrast"] == pytest.approx(lik["pmi"] - lik["distractor_score"])
+    assert body["reward"] == pytest.approx(1 / (1 + math.exp(-lik["contrast"])))
+    calls, hints = fake_engine.calls[first:], fake_engine.scored_from[first:]
+    words = [" ".join(fake_engine.tokenizer.decode(c).split()[-len(d.split()):]) for c, d in
+             zip(calls[-2:], DISTRACTOR_INSTRUCTIONS)]
+    assert words == list(DISTRACTOR_INSTRUCTIONS[:2])
+    # the two distractor prompts: the real prompt's head, then the distractor; only the tail is scored
+    real = next(c for c, h in zip(calls, hints) if h == 0 and response.split()[0] in fake_engine.tokenizer.decode(c))
+    head = len(real) - len(fake_engine.tokenizer.encode(INSTRUCTION))
+    assert hints[-2:] == [head, head] and all(c[:head] == real[:head] for c in calls[-2:])
+    plain = _reward(client, response, method="likelihood", distractors=0)["likelihood"]
+    assert plain["contrast"] is None and plain["distractor_score"] is None
+
+
+def test_distractors_out_of_range_is_a_422_naming_the_field(client):
+    body = client.post("/reward", json={"prompt": INSTRUCTION, "response": "x", "distractors": 9})
+    assert body.status_code == 422 and "distractors" in body.text
 
 
 def test_copied_passages_do_not_count_but_the_rest_of_the_response_does(client):
