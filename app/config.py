@@ -94,10 +94,10 @@ class Settings(BaseSettings):
     copy_guard: bool = Field(
         True,
         description="Delete from the response the passages it copies from the instruction (runs of "
-        "copy_guard_words) before scoring, the restate-the-instruction hack; likelihood also scores 0 a response "
+        "copy_guard_words words, or content words) before scoring, the restate-the-instruction hack; likelihood also scores 0 a response "
         "that is only the instruction's words in an implausible order (keyword stuffing).",
     )
-    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words the guard deletes.")
+    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words (or of content words) the guard deletes.")
 
     # --- similarity model (sentence-transformers)
     embedding_model: str | None = Field(

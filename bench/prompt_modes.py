@@ -24,15 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEED = 0
-# (name, method, prompt mode, structured output); likelihood has no prompt mode and runs beside them
-# so that its accuracy and rewards/s are measured on the same pairs in the same run.
+# (name, method, prompt mode, structured output, likelihood distractors or None for the default);
+# likelihood has no prompt mode and runs beside them so that its accuracy and rewards/s are
+# measured on the same pairs in the same run.
 VARIANTS = [
-    ("likelihood", "likelihood", "direct", False),
-    ("direct", "generate", "direct", False),
-    ("fewshot", "generate", "fewshot", False),
-    ("prefix", "generate", "prefix", False),
-    ("paper", "generate", "paper", False),
-    ("paper + structured output", "generate", "paper", True),
+    ("likelihood", "likelihood", "direct", False, None),
+    ("likelihood-no-distractors", "likelihood", "direct", False, 0),
+    ("direct", "generate", "direct", False, None),
+    ("fewshot", "generate", "fewshot", False, None),
+    ("prefix", "generate", "prefix", False, None),
+    ("paper", "generate", "paper", False, None),
+    ("paper + structured output", "generate", "paper", True, None),
 ]
 
 
@@ -57,14 +59,15 @@ async def run(n_pairs: int, only: list[str] | None) -> dict:
         raise SystemExit(service.load_error)
     results = {}
     try:
-        for name, method, mode, structured in VARIANTS:
+        for name, method, mode, structured, distractors in VARIANTS:
             if only and name not in only:
                 continue
             print(f"{name} ...", flush=True)
             service.settings.structured_output = structured
             await service.engine._llm.reset_prefix_cache()  # no head start from the mode before
             started = time.perf_counter()
-            options = ScoreOptions(similarity=service.settings.similarity, prompt_mode=mode, method=method)
+            options = ScoreOptions(similarity=service.settings.similarity, prompt_mode=mode, method=method,
+                                   distractors=distractors)
             scored = await service.scorer.score(items, options)
             seconds = time.perf_counter() - started
             wins = ties = 0.0

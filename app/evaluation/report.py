@@ -34,6 +34,12 @@ def markdown(results: dict[str, Any], header: str = "") -> str:
             lines += ["|---|" + "---|" * len(buckets)]
             for name, entry in data["methods"].items():
                 lines.append(f"| {name} | " + " | ".join(_fmt(entry["by_length"][b]) for b in buckets) + " |")
+            first = next(iter(data["methods"].values()))["by_relative_length"]
+            lines += ["", f"### Accuracy when the chosen response is the longer / the shorter one: {file}", ""]
+            lines += ["| method | " + " | ".join(f"{k} (n={v['n']})" for k, v in first.items()) + " |"]
+            lines += ["|---|" + "---|" * len(first)]
+            for name, entry in data["methods"].items():
+                lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in entry["by_relative_length"].values()) + " |")
     for file, data in recon.items():
         names = list(data["methods"])
         probe_names = list(next(iter(data["methods"].values()))["probes"])

@@ -120,6 +120,9 @@ class Evaluator:
         rejected = [r["rejected"] if isinstance(r["rejected"], list) else [r["rejected"]] for r in rows]
         rejected_items = [_item(r, text) for r, texts in zip(rows, rejected) for text in texts]
         lengths = [(len(r["chosen"].split()) + len(rejected[k][0].split())) / 2 for k, r in enumerate(rows)]
+        # > 0: the chosen response is the longer one. A method that only tracks length wins those
+        # pairs and loses the others; the split shows how much of an accuracy is length.
+        longer = [len(r["chosen"].split()) - len(rejected[k][0].split()) for k, r in enumerate(rows)]
         out: dict[str, Any] = {"kind": "pairwise", "rows": len(rows), "methods": {}}
         for spec in specs:
             scores = await self.scores(spec, chosen_items + rejected_items, dataset.name)
@@ -133,6 +136,7 @@ class Evaluator:
                 "accuracy": metrics.pairwise_accuracy(chosen, first, seed=self.seed).as_dict(),
                 "missing": sum(s is None for s in scores),
                 "by_length": {},
+                "by_relative_length": {},
                 "by_subset": {},
                 "chosen_scores": chosen,
                 "rejected_scores": first,
@@ -143,6 +147,9 @@ class Evaluator:
             for low, high, name in LENGTH_BUCKETS:
                 picked = [o for o, n in zip(outcomes, lengths) if low <= n < high]
                 entry["by_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
+            for name, keep in (("chosen longer", lambda d: d > 0), ("chosen shorter", lambda d: d < 0)):
+                picked = [o for o, d in zip(outcomes, longer) if keep(d)]
+                entry["by_relative_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
             subsets: dict[str, list[float]] = {}
             for o, r in zip(outcomes, rows):
                 subsets.setdefault(r.get("subset") or dataset.name, []).append(o)

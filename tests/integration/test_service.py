@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -35,7 +36,15 @@ def test_likelihood_on_real_engine_and_restatement_guard(http):
     item = _pairs(1)[0]
     honest = http.post("/reward", json=item).json()
     assert honest["method"] == "likelihood" and 0.0 < honest["reward"] < 1.0
-    assert honest["likelihood"]["scored_tokens"] > 0
+    lik = honest["likelihood"]
+    assert lik["scored_tokens"] > 0
+    # the default contrasts the real instruction with 4 distractors scored after the same response
+    assert lik["contrast"] == pytest.approx(lik["pmi"] - lik["distractor_score"])
+    assert honest["reward"] == pytest.approx(1 / (1 + math.exp(-lik["contrast"])))
+    plain = http.post("/reward", json={**item, "distractors": 0}).json()
+    assert plain["likelihood"]["contrast"] is None
+    assert plain["likelihood"]["pmi"] == pytest.approx(lik["pmi"], abs=1e-5)
+    assert plain["reward"] == pytest.approx(1 / (1 + math.exp(-lik["pmi"])), abs=1e-5)
     # a response that only repeats the instruction scores 0; a framed one is scored without the copy
     copied = http.post("/reward", json={**item, "response": item["prompt"]}).json()
     assert copied["copied_fraction"] == 1.0 and copied["reward"] == 0.0 and copied["error"] is None
@@ -49,6 +58,8 @@ def test_repeated_request_gives_identical_reward(http, method):
     item = {**_pairs(2)[1], "method": method}
     first = http.post("/reward", json=item).json()
     second = http.post("/reward", json=item).json()
+    # likelihood: the repeat finds its distractor prompts whole in the prefix cache, where they have
+    # no logprobs; the engine runs them again without it
     assert first["reward"] == second["reward"]
     assert first["inferred_instruction"] == second["inferred_instruction"]
 

@@ -59,10 +59,14 @@ async def test_eval_run_through_the_api(tmp_path, client):
     assert results["pairs"]["kind"] == "pairwise"
     length = results["pairs"]["methods"]["length (longer wins)"]["accuracy"]
     assert length["value"] == 1.0 and length["n"] == 6
+    split = results["pairs"]["methods"]["length (longer wins)"]["by_relative_length"]
+    assert split["chosen longer"]["n"] == 6 and split["chosen longer"]["value"] == 1.0
+    assert split["chosen shorter"]["n"] == 0
     probes = results["recon"]["methods"]["likelihood (default)"]["probes"]
     assert probes["restate"]["honest_wins"]["value"] == 1.0  # the guard: a restatement earns nothing
     files = report.write(results, tmp_path / "out", "header", highlight="likelihood (default)")
-    assert "| length (longer wins) |" in files["markdown"].read_text()
+    markdown = files["markdown"].read_text()
+    assert "| length (longer wins) |" in markdown and "chosen shorter (n=0)" in markdown
     assert files["accuracy_by_method"].stat().st_size > 0
 
 
