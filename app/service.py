@@ -11,11 +11,11 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from app import metrics
 from app.batching import Admission
-from app.config import Settings
+from app.config import Method, Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
 from app.engines.watchdog import watch
@@ -131,7 +131,7 @@ class FlipService:
         return f"service is {self.status.value}"
 
     def info(self) -> dict[str, Any]:
-        from app.scoring.prompts import PROMPT_VERSION
+        from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS, PROMPT_VERSION
 
         s = self.settings
         return {
@@ -139,6 +139,13 @@ class FlipService:
             "model": self.engine.model_name if self.engine else (s.model or BUILTIN_LLM_NAME),
             "embedding_model": s.embedding_model or BUILTIN_EMBEDDING_NAME,
             "prompt_version": PROMPT_VERSION,
+            "method": s.method,
+            "methods": list(get_args(Method)),
+            "likelihood": {"baseline": s.likelihood_baseline, "scale": s.likelihood_scale,
+                           "distractors": s.likelihood_distractors,
+                           "distractor_instructions": list(DISTRACTOR_INSTRUCTIONS[: s.likelihood_distractors]),
+                           "max_instruction_tokens": s.max_instruction_tokens},
+            "copy_guard": {"on": s.copy_guard, "min_words": s.copy_guard_words},
             "prompt_mode": s.prompt_mode,
             "similarity": s.similarity,
             "similarities": ["f1", "embedding", "hybrid"],

@@ -175,7 +175,7 @@ class Scorer:
         self.embedder = embedder
         self.settings = settings
         # log p(instruction) without a response, per instruction: a GRPO group shares it.
-        self._unconditional: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
+        self._unconditional: OrderedDict[tuple[int, ...], asyncio.Future[list[float]]] = OrderedDict()
 
     # --- prompts (run in a worker thread: tokenizing long responses is CPU work)
 
@@ -369,22 +369,32 @@ class Scorer:
         return logprobs
 
     async def _unconditional_logprobs(self, token_ids: list[int], n: int) -> list[float]:
+        """Cached per prompt, in flight included: a batch asks for each distractor's baseline once
+        per item, all at the same moment."""
         key = tuple(token_ids)
-        if key not in self._unconditional:
-            self._unconditional[key] = await self._instruction_logprobs(token_ids, n)
+        task = self._unconditional.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._instruction_logprobs(token_ids, n))
+            self._unconditional[key] = task
             while len(self._unconditional) > 4096:
                 self._unconditional.popitem(last=False)
         self._unconditional.move_to_end(key)
-        return self._unconditional[key]
+        try:
+            return await asyncio.shield(task)  # one caller giving up must not cancel it for the others
+        except BaseException:
+            if task.done() and self._unconditional.get(key) is task:
+                del self._unconditional[key]  # a failure is not cached
+            raise
 
     async def _likelihood_one(self, inputs: LikelihoodInputs, pmi: bool) -> tuple[list[float | None], list[Scored]]:
-        """The real instruction's prompt logprobs (every position: the response's feed the stuffing
-        guard) and, for the PMI baseline, its unconditional ones; then each distractor's, once the
-        response is in the prefix cache (only the distractor's own tokens are computed)."""
+        """The real instruction's prompt logprobs (from the response on: they feed the stuffing guard;
+        the shared system prompt before it may come from the prefix cache) and, for the PMI baseline,
+        its unconditional ones; then each distractor's, once the response is in the prefix cache
+        (only the distractor's own tokens are computed)."""
         n = len(inputs.instruction_ids)
         baselines = [inputs.unconditional_head + d for d in inputs.distractor_ids] if pmi else []
         real, uncond, *distractor_uncond = await asyncio.gather(
-            self._prompt_logprobs(inputs.conditional_ids),
+            self._prompt_logprobs(inputs.conditional_ids, scored_from=inputs.response_span[0]),
             self._unconditional_logprobs(inputs.unconditional_ids, n) if pmi else _none(),
             *[self._unconditional_logprobs(ids, len(d)) for ids, d in zip(baselines, inputs.distractor_ids)],
         )
@@ -420,7 +430,8 @@ class Scorer:
             result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale,
                                                                  distractors)
             start, end = inputs.response_span
-            fluency = _mean([lp or 0.0 for lp in logprobs[start:end]]) if end > start else None
+            span = logprobs[start:end]
+            fluency = _mean(span) if span and None not in span else None  # None: no guard, never a made-up 0
             result.likelihood["response_fluency"] = fluency
             if guard and result.reward > 0.0 and guards.is_keyword_stuffing(
                 items[i].instruction, inputs.fitted.response, fluency

@@ -142,6 +142,8 @@ def test_info_reports_prompt_version_and_models(client):
     info = client.get("/info").json()
     assert info["prompt_version"].startswith("flip-prompts-v")
     assert info["similarity"] in info["similarities"]
+    assert info["method"] in info["methods"] and info["copy_guard"]["on"] is True
+    assert len(info["likelihood"]["distractor_instructions"]) == info["likelihood"]["distractors"]
     assert info["limits"]["max_batch_items"] == 8
 
 

@@ -128,9 +128,12 @@ def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(cl
              zip(calls[-2:], DISTRACTOR_INSTRUCTIONS)]
     assert words == list(DISTRACTOR_INSTRUCTIONS[:2])
     # the two distractor prompts: the real prompt's head, then the distractor; only the tail is scored
-    real = next(c for c, h in zip(calls, hints) if h == 0 and response.split()[0] in fake_engine.tokenizer.decode(c))
-    head = len(real) - len(fake_engine.tokenizer.encode(INSTRUCTION))
+    decoded = [fake_engine.tokenizer.decode(c) for c in calls]
+    k = next(k for k, text in enumerate(decoded) if "Grey" in text and text.rstrip().endswith("city"))
+    real, head = calls[k], len(calls[k]) - len(fake_engine.tokenizer.encode(INSTRUCTION))
     assert hints[-2:] == [head, head] and all(c[:head] == real[:head] for c in calls[-2:])
+    # the real prompt is scored from the response on (the stuffing guard reads the response's tokens)
+    assert 0 < hints[k] < head and fake_engine.tokenizer.decode(real[hints[k]:]).startswith("Grey")
     plain = _reward(client, response, method="likelihood", distractors=0)["likelihood"]
     assert plain["contrast"] is None and plain["distractor_score"] is None
 
