@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from app.api.errors import ApiError
-from app.api.reward import _score, _to_result, ready_service
+from app.api.reward import ERROR_RESPONSES, _score, _to_result, ready_service
 from app.api.schemas import (
     Message,
     OpenRLHFRequest,
@@ -96,7 +96,7 @@ def _as_list(value: object, n: int, field: str, single: bool) -> list:
     return value
 
 
-@router.post("/get_reward", response_model=OpenRLHFResponse)
+@router.post("/get_reward", response_model=OpenRLHFResponse, responses=ERROR_RESPONSES)
 async def openrlhf_get_reward(
     body: OpenRLHFRequest,
     request: Request,
@@ -158,7 +158,7 @@ async def openrlhf_get_reward(
     )
 
 
-@router.post("/slime_reward", response_model=SlimeResponse)
+@router.post("/slime_reward", response_model=SlimeResponse, responses=ERROR_RESPONSES)
 async def slime_reward(
     body: SlimeRequest,
     request: Request,

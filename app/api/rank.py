@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.errors import ApiError
-from app.api.reward import _score, _to_result, ready_service
+from app.api.reward import ERROR_RESPONSES, _score, _to_result, ready_service
 from app.api.schemas import RankRequest, RankResponse
 from app.scoring.prompts import PROMPT_VERSION
 
@@ -19,7 +19,7 @@ def rank_order(rewards: list[float | None]) -> list[int]:
     return scored + [i for i, r in enumerate(rewards) if r is None]
 
 
-@router.post("/rank", response_model=RankResponse)
+@router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES)
 async def rank(body: RankRequest, request: Request) -> RankResponse:
     """Score N responses to one instruction and rank them (best first)."""
     service = ready_service(request)

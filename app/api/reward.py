@@ -38,7 +38,9 @@ ERROR_RESPONSES = {
         (408, "The body took too long to arrive."),
         (413, "Over a limit: body bytes, items, characters per field or messages; the message names it."),
         (422, "Invalid input; `field` names the offending field."),
+        (429, "The queue cannot take this work within its deadline (see Retry-After)."),
         (503, "The models are loading, or the engine failed (see Retry-After)."),
+        (504, "Not scored within the deadline; the work was aborted."),
     )
 }
 
