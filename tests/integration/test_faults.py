@@ -153,6 +153,8 @@ class LoadRecord:
     status: int | None = None
     error_type: str | None = None
     transport_error: str | None = None
+    item: int | None = None
+    reward: float | None = None
 
 
 @dataclass
@@ -170,10 +172,10 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=120) as http:
             n = 0
             while not self.stop.is_set():
-                record = LoadRecord(sent_at=time.monotonic())
+                record = LoadRecord(sent_at=time.monotonic(), item=(index + n) % len(items))
                 self.records.append(record)
                 try:
-                    response = http.post("/reward", json=items[(index + n) % len(items)])
+                    response = http.post("/reward", json=items[record.item])
                 except httpx.TransportError as exc:
                     record.transport_error = type(exc).__name__
                     return
@@ -181,6 +183,7 @@ class Load:
                 if response.status_code != 200:
                     record.error_type = response.json()["error"]["type"]
                     return
+                record.reward = response.json()["reward"]
                 self.ok.set()
                 n += 1
 
@@ -232,14 +235,15 @@ def _fault_under_load(server: RunningServer, inflict) -> dict:
             except psutil.Error:
                 pass
         stop_server(server)
-    # In flight: sent before the fault and still unanswered shortly after it (an answer already on
-    # its way when the fault hit may still arrive as a 200).
-    in_flight = [
-        r for r in load.records
-        if r.sent_at < fault_at
-        and (r.answered_at is None or r.answered_at >= fault_at)
-        and not (r.status == 200 and r.answered_at < fault_at + 0.2)
-    ]
+    # In flight: sent before the fault and not answered before it. Engine work that finished before
+    # the kill can still reach its caller after it (the front end drains the outputs already sent):
+    # such a 200 must carry the reward the same item got before the fault, never a made-up one.
+    unanswered = [r for r in load.records if r.sent_at < fault_at and (r.answered_at is None or r.answered_at >= fault_at)]
+    before = {r.item: r.reward for r in load.records if r.status == 200 and r.answered_at < fault_at}
+    late = [r for r in unanswered if r.status == 200]
+    assert all(r.reward == pytest.approx(before[r.item], abs=1e-5) for r in late if r.item in before), \
+        [(r.item, r.reward, before.get(r.item)) for r in late]
+    in_flight = [r for r in unanswered if r.status != 200]
     first_503 = min((r.answered_at for r in load.records if r.status == 503), default=None)
     timeline = {
         "requests": len(load.records),
