@@ -119,8 +119,7 @@ def _raw_generate(llm, items: list[dict], settings, embedder) -> tuple[list[floa
 def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]:
     """The service's likelihood prompts in two engine calls: the real instructions (with the PMI
     baselines, each distinct one once), then the distractors, read from the prefix cache."""
-    from vllm import SamplingParams
-
+    from app.engines.vllm_local import cache_reached, prompt_logprob_params, read_prompt_logprobs
     from app.scoring.scorer import ScoreItem, likelihood_reward
 
     scorer = _scorer(llm.get_tokenizer(), settings)
@@ -133,19 +132,18 @@ def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]
     )) if pmi else []
 
     def logprobs(prompts: list[list[int]], cached: bool) -> list:
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not cached)
-        return llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        return llm.generate([{"prompt_token_ids": ids} for ids in prompts], prompt_logprob_params(cached),
+                            use_tqdm=False)
 
     def tail(out, n: int) -> list[float]:
-        return [pos[tok].logprob for tok, pos in zip(out.prompt_token_ids[-n:], out.prompt_logprobs[-n:])]
+        return read_prompt_logprobs(out)[-n:]
 
     outs = logprobs([p.conditional_ids for p in prepared] + [list(b) for b in baselines], cached=False)
     by_baseline = dict(zip(baselines, outs[len(prepared):]))
     distractor_prompts = [(p, d) for p in prepared for d in p.distractor_ids]
     distractor_outs = logprobs([p.fitted.token_ids + d for p, d in distractor_prompts], cached=True)
-    # a cache hit reaching a scored token leaves it without a logprob (VLLMEngine.prompt_logprobs): redo those
     redo = [k for k, ((p, _), out) in enumerate(zip(distractor_prompts, distractor_outs))
-            if (out.num_cached_tokens or 0) >= len(p.fitted.token_ids)]
+            if cache_reached(out, len(p.fitted.token_ids))]
     for k, out in zip(redo, logprobs([distractor_outs[k].prompt_token_ids for k in redo], cached=False)):
         distractor_outs[k] = out
     distractor_tails = iter(tail(out, len(d)) for (_, d), out in zip(distractor_prompts, distractor_outs))

@@ -63,6 +63,31 @@ class EngineStepStats:
         return FlipStatLogger
 
 
+def prompt_logprob_params(read_cache: bool) -> Any:
+    """One prefill, one throw-away output token; prompt_logprobs=0 returns the logprob of the actual
+    prompt token at every position (not detokenized: unused, and slow). vLLM skips its prefix cache
+    for such requests unless told otherwise: reading it lets a response scored against several
+    instructions be prefilled once."""
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not read_cache)
+
+
+def read_prompt_logprobs(out: Any) -> list[float | None]:
+    """Each prompt token's logprob from a RequestOutput, None where there is none: position k needs
+    the hidden state at k - 1, and positions served from the prefix cache have their slots left
+    unwritten."""
+    cached = out.num_cached_tokens or 0
+    return [None if position is None or k <= cached else position[token_id].logprob
+            for k, (token_id, position) in enumerate(zip(out.prompt_token_ids, out.prompt_logprobs))]
+
+
+def cache_reached(out: Any, scored_from: int) -> bool:
+    """The prefix cache served a position from `scored_from` on (a repeated prompt), which then has
+    no logprob: the request must run again without the cache."""
+    return (out.num_cached_tokens or 0) >= scored_from
+
+
 class VLLMEngine:
     def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
         self._llm = llm
@@ -178,26 +203,11 @@ class VLLMEngine:
         )
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
-        from vllm import SamplingParams
-
-        # One prefill, one throw-away output token; prompt_logprobs=0 returns the logprob of the
-        # actual prompt token at every position (not detokenized: unused, and slow). vLLM skips its
-        # prefix cache for such requests unless told otherwise: with `scored_from` > 1 it may read
-        # it (a response scored against several instructions is prefilled once). Positions served
-        # from the cache carry no logprob (their slots are left unwritten), so a hit that reaches a
-        # scored position (a repeated prompt) is run again without the cache.
-        def params(skip_cache: bool) -> SamplingParams:
-            return SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
-                                  skip_reading_prefix_cache=skip_cache)
-
         use_cache = scored_from > 1
-        out = await self._final_output(prompt_token_ids, params(skip_cache=not use_cache))
-        cached = out.num_cached_tokens or 0
-        if use_cache and cached >= scored_from:
-            out, cached = await self._final_output(prompt_token_ids, params(skip_cache=True)), 0
-        # position k's logprob needs the hidden state at k - 1: none for k <= cached
-        return [None if position is None or k <= cached else position[token_id].logprob
-                for k, (token_id, position) in enumerate(zip(prompt_token_ids, out.prompt_logprobs))]
+        out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=use_cache))
+        if use_cache and cache_reached(out, scored_from):  # once more, computing every position
+            out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
+        return read_prompt_logprobs(out)
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

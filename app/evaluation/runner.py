@@ -119,10 +119,11 @@ class Evaluator:
         chosen_items = [_item(r, r["chosen"]) for r in rows]
         rejected = [r["rejected"] if isinstance(r["rejected"], list) else [r["rejected"]] for r in rows]
         rejected_items = [_item(r, text) for r, texts in zip(rows, rejected) for text in texts]
-        lengths = [(len(r["chosen"].split()) + len(rejected[k][0].split())) / 2 for k, r in enumerate(rows)]
+        words = [(len(r["chosen"].split()), len(rejected[k][0].split())) for k, r in enumerate(rows)]
+        lengths = [(c + r) / 2 for c, r in words]
         # > 0: the chosen response is the longer one. A method that only tracks length wins those
         # pairs and loses the others; the split shows how much of an accuracy is length.
-        longer = [len(r["chosen"].split()) - len(rejected[k][0].split()) for k, r in enumerate(rows)]
+        longer = [c - r for c, r in words]
         out: dict[str, Any] = {"kind": "pairwise", "rows": len(rows), "methods": {}}
         for spec in specs:
             scores = await self.scores(spec, chosen_items + rejected_items, dataset.name)

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import math
 import time
+from functools import cached_property
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,25 +145,28 @@ def likelihood_reward(
     def score(c: list[float], u: list[float] | None) -> float:
         return _mean(c) - (_mean(u) if u else 0.0)
 
-    mean_uncond = _mean(uncond) if uncond else None
+    own = score(cond, uncond)
     details: dict[str, float | int | bool | None] = {
         "conditional": _mean(cond),
-        "unconditional": mean_uncond,
+        "unconditional": _mean(uncond) if uncond else None,
         "scored_tokens": len(cond),
     }
-    if mean_uncond is not None:
-        details["pmi"] = details["conditional"] - mean_uncond
+    if uncond:
+        details["pmi"] = own
     if distractors:
         details["distractor_score"] = _mean([score(c, u) for c, u in distractors])
-        details["contrast"] = score(cond, uncond) - details["distractor_score"]
+        details["contrast"] = own - details["distractor_score"]
         return _sigmoid(details["contrast"] / scale), details
-    if mean_uncond is not None:
-        return _sigmoid(details["pmi"] / scale), details
-    return math.exp(details["conditional"] / scale), details
+    return _sigmoid(own / scale) if uncond else math.exp(own / scale), details
 
 
-async def _none() -> None:
-    return None
+def _scored_tail(logprobs: list[float | None], n: int) -> list[float]:
+    """The last n (instruction) logprobs; a gap there means the engine broke its contract, and a
+    gap is never scored as 0."""
+    tail = logprobs[-n:]
+    if None in tail:
+        raise RuntimeError("the engine returned no logprob for a scored instruction token")
+    return tail
 
 
 def _has_words(text: str) -> bool:
@@ -334,17 +338,27 @@ class Scorer:
         if not instruction_ids:
             return LikelihoodInputs(_Fitted(error="the instruction is empty"), [], [], (0, 0))
         k = self.settings.likelihood_distractors if distractors is None else distractors
-        distractor_ids = [self._instruction_ids(d) for d in DISTRACTOR_INSTRUCTIONS[:k]]
+        distractor_ids = self._distractor_ids[:k]
         longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])
         budget = self.engine.max_model_len - longest - 1
         fitted = self._fit(build_likelihood_prompt, item, budget)
-        head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
+        head = self._render(build_likelihood_prompt(NO_RESPONSE, fitted.context)) if fitted.context else self._no_response_head
         span = self._response_span(fitted) if fitted.error is None else (0, 0)
         return LikelihoodInputs(fitted, instruction_ids, head + instruction_ids, span, distractor_ids, head)
 
     def _instruction_ids(self, instruction: str) -> list[int]:
         ids = self.engine.tokenizer.encode(instruction.strip(), add_special_tokens=False)
         return ids[: self.settings.max_instruction_tokens]
+
+    # The same for every item: tokenized once.
+    @cached_property
+    def _distractor_ids(self) -> list[list[int]]:
+        return [self._instruction_ids(d) for d in DISTRACTOR_INSTRUCTIONS]
+
+    @cached_property
+    def _no_response_head(self) -> list[int]:
+        """The PMI baseline's prompt up to the instruction, for an item without earlier turns."""
+        return self._render(build_likelihood_prompt(NO_RESPONSE))
 
     @staticmethod
     def _response_span(fitted: _Fitted) -> tuple[int, int]:
@@ -363,10 +377,7 @@ class Scorer:
         return logprobs
 
     async def _instruction_logprobs(self, token_ids: list[int], n: int, scored_from: int = 0) -> list[float]:
-        logprobs = (await self._prompt_logprobs(token_ids, scored_from))[-n:]
-        if any(lp is None for lp in logprobs):  # the engine broke its contract: never score a gap as 0
-            raise RuntimeError("the engine returned no logprob for a scored instruction token")
-        return logprobs
+        return _scored_tail(await self._prompt_logprobs(token_ids, scored_from), n)
 
     async def _unconditional_logprobs(self, token_ids: list[int], n: int) -> list[float]:
         """Cached per prompt, in flight included: a batch asks for each distractor's baseline once
@@ -392,22 +403,19 @@ class Scorer:
         its unconditional ones; then each distractor's, once the response is in the prefix cache
         (only the distractor's own tokens are computed)."""
         n = len(inputs.instruction_ids)
-        baselines = [inputs.unconditional_head + d for d in inputs.distractor_ids] if pmi else []
-        real, uncond, *distractor_uncond = await asyncio.gather(
+        instructions = [(inputs.instruction_ids, inputs.unconditional_ids)] + [
+            (d, inputs.unconditional_head + d) for d in inputs.distractor_ids]
+        real, *uncond = await asyncio.gather(
             self._prompt_logprobs(inputs.conditional_ids, scored_from=inputs.response_span[0]),
-            self._unconditional_logprobs(inputs.unconditional_ids, n) if pmi else _none(),
-            *[self._unconditional_logprobs(ids, len(d)) for ids, d in zip(baselines, inputs.distractor_ids)],
+            *[self._unconditional_logprobs(ids, len(ins)) for ins, ids in instructions if pmi],
         )
         prefix = len(inputs.fitted.token_ids)
         distractor_cond = await asyncio.gather(
             *[self._instruction_logprobs(inputs.fitted.token_ids + d, len(d), scored_from=prefix)
               for d in inputs.distractor_ids]
         )
-        scored = [(real[-n:], uncond)]
-        if any(lp is None for lp in scored[0][0]):
-            raise RuntimeError("the engine returned no logprob for a scored instruction token")
-        distractors = list(zip(distractor_cond, distractor_uncond if pmi else [None] * len(distractor_cond)))
-        return real, scored + distractors
+        cond = [_scored_tail(real, n), *distractor_cond]
+        return real, list(zip(cond, uncond or [None] * len(cond)))
 
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
