@@ -50,6 +50,29 @@ def pairwise_accuracy(chosen: Sequence[float | None], rejected: Sequence[float |
     return bootstrap_mean(pair_outcomes(chosen, rejected), seed=seed)
 
 
+def length_balanced_accuracy(outcomes: Sequence[float], chosen_minus_rejected_words: Sequence[int],
+                             seed: int = 0, resamples: int = 2000) -> Estimate:
+    """Mean of the accuracy on pairs whose chosen response is the longer one and on pairs where it
+    is the shorter one (equal lengths left out), with a bootstrap interval that resamples each group
+    on its own. "Longer wins" scores exactly 0.5 here, whatever share of the file favours length, so
+    a method above 0.5 ranks by something other than length. n: the pairs in both groups (0 when
+    either group is empty: there is nothing to balance)."""
+    diffs = np.asarray(chosen_minus_rejected_words)
+    data = np.asarray(outcomes, dtype=float)
+    longer, shorter = data[diffs > 0], data[diffs < 0]
+    if len(longer) == 0 or len(shorter) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    value = float((longer.mean() + shorter.mean()) / 2)
+    if len(longer) + len(shorter) < 3 or np.all(np.concatenate([longer, shorter]) == longer[0]):
+        return Estimate(value, value, value, len(longer) + len(shorter))
+    result = stats.bootstrap(
+        (longer, shorter), lambda a, b, axis=-1: (a.mean(axis=axis) + b.mean(axis=axis)) / 2,
+        confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed,
+    )
+    ci = result.confidence_interval
+    return Estimate(value, float(ci.low), float(ci.high), len(longer) + len(shorter))
+
+
 def best_of_n(scores: Sequence[Sequence[float | None]], quality: Sequence[Sequence[float]]) -> dict:
     """For groups of N candidates with a known quality each: the mean quality of the candidate the
     method ranks first (ties: the lowest index), against picking at random (the group mean) and the

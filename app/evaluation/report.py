@@ -36,10 +36,12 @@ def markdown(results: dict[str, Any], header: str = "") -> str:
                 lines.append(f"| {name} | " + " | ".join(_fmt(entry["by_length"][b]) for b in buckets) + " |")
             first = next(iter(data["methods"].values()))["by_relative_length"]
             lines += ["", f"### Accuracy when the chosen response is the longer / the shorter one: {file}", ""]
-            lines += ["| method | " + " | ".join(f"{k} (n={v['n']})" for k, v in first.items()) + " |"]
-            lines += ["|---|" + "---|" * len(first)]
+            lines += ["Length-balanced: the mean of the two, where \"longer wins\" scores 0.5.", ""]
+            lines += ["| method | " + " | ".join(f"{k} (n={v['n']})" for k, v in first.items()) + " | length-balanced |"]
+            lines += ["|---|" + "---|" * (len(first) + 1)]
             for name, entry in data["methods"].items():
-                lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in entry["by_relative_length"].values()) + " |")
+                cells = [_fmt(v) for v in entry["by_relative_length"].values()] + [_fmt(entry.get("length_balanced"))]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for file, data in recon.items():
         names = list(data["methods"])
         probe_names = list(next(iter(data["methods"].values()))["probes"])

@@ -151,6 +151,7 @@ class Evaluator:
             for name, keep in (("chosen longer", lambda d: d > 0), ("chosen shorter", lambda d: d < 0)):
                 picked = [o for o, d in zip(outcomes, longer) if keep(d)]
                 entry["by_relative_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
+            entry["length_balanced"] = metrics.length_balanced_accuracy(outcomes, longer, seed=self.seed).as_dict()
             subsets: dict[str, list[float]] = {}
             for o, r in zip(outcomes, rows):
                 subsets.setdefault(r.get("subset") or dataset.name, []).append(o)

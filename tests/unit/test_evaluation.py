@@ -36,6 +36,18 @@ def test_best_of_4_needs_chosen_above_all_three():
     assert est.value == 0.5
 
 
+def test_length_balanced_accuracy_gives_longer_wins_exactly_half():
+    diffs = [5] * 9 + [-5] * 3 + [0]  # 9 pairs where the chosen answer is longer, 3 shorter, 1 equal
+    longer_wins = [1.0] * 9 + [0.0] * 3 + [0.5]
+    assert metrics.pairwise_accuracy([1] * 9 + [0] * 3 + [0.5], [0.5] * 13).value == pytest.approx(9.5 / 13)
+    est = metrics.length_balanced_accuracy(longer_wins, diffs)
+    assert est.value == 0.5 and est.n == 12
+    # a method right on 2 of 3 shorter-chosen pairs and 6 of 9 longer-chosen ones: (2/3 + 2/3) / 2
+    est = metrics.length_balanced_accuracy([1.0] * 6 + [0.0] * 3 + [1.0, 1.0, 0.0] + [0.5], diffs)
+    assert est.value == pytest.approx(2 / 3) and est.low < est.value < est.high
+    assert metrics.length_balanced_accuracy([1.0, 0.0], [3, 4]).n == 0  # no shorter-chosen pair: undefined
+
+
 def _write(path, rows):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
@@ -62,11 +74,13 @@ async def test_eval_run_through_the_api(tmp_path, client):
     split = results["pairs"]["methods"]["length (longer wins)"]["by_relative_length"]
     assert split["chosen longer"]["n"] == 6 and split["chosen longer"]["value"] == 1.0
     assert split["chosen shorter"]["n"] == 0
+    assert results["pairs"]["methods"]["length (longer wins)"]["length_balanced"]["n"] == 0
     probes = results["recon"]["methods"]["likelihood (default)"]["probes"]
     assert probes["restate"]["honest_wins"]["value"] == 1.0  # the guard: a restatement earns nothing
     files = report.write(results, tmp_path / "out", "header", highlight="likelihood (default)")
     markdown = files["markdown"].read_text()
     assert "| length (longer wins) |" in markdown and "chosen shorter (n=0)" in markdown
+    assert "length-balanced |" in markdown
     assert files["accuracy_by_method"].stat().st_size > 0
 
 
