@@ -32,6 +32,9 @@ def test_eval_cli_on_20_rows(server, tmp_path):
                  "relevance (no LM)"):
         accuracy = pairs[name]["accuracy"]
         assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
+    # 14 of the 20 pairs favour the longer answer, 6 the shorter: balanced, "longer wins" is 0.5
+    balanced = pairs["length (longer wins)"]["length_balanced"]
+    assert balanced["n"] == 20 and balanced["value"] == 0.5
     probes = results["recon"]["methods"]["likelihood (default)"]["probes"]
     # the keyword-stuffing guard zeroes stuffed responses (0.03 vs 0.49 honest on 80 rows, README)
     stuffing = probes["keyword_stuffing"]
