@@ -193,7 +193,8 @@ class Settings(BaseSettings):
     )
     kv_block_size: int = Field(
         32, ge=16, description="vLLM KV-cache block size, tokens. Prefix caching shares whole blocks only: "
-        "vLLM's CPU default (128) is longer than the shared system prompt, so nothing would be reused.",
+        "vLLM's CPU default (128) is longer than the shared system prompt, so nothing would be reused. A "
+        "multiple of 32 on the CPU backend (checked at start); 16 also works on GPUs.",
     )
     structured_output: bool = Field(
         False, description="Constrain paper-mode output to its JSON shape with vLLM structured outputs."

@@ -88,6 +88,14 @@ def cache_reached(out: Any, scored_from: int) -> bool:
     return (out.num_cached_tokens or 0) >= scored_from
 
 
+def check_block_size(block_size: int, on_cpu: bool) -> None:
+    """vLLM's CPU attention takes only multiples of 32 and otherwise fails deep in a worker process
+    ("No common block size for 16"); say which setting to change before starting it."""
+    if on_cpu and block_size % 32:
+        raise ValueError(f"FLIP_KV_BLOCK_SIZE={block_size}: vLLM's CPU backend needs a multiple of 32 "
+                         "(16 works on GPUs only)")
+
+
 class VLLMEngine:
     def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
         self._llm = llm
@@ -108,8 +116,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_block_size(settings.kv_block_size, current_platform.is_cpu())
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=model_name,

@@ -16,3 +16,14 @@ def test_cli_flags_map_onto_settings():
     args = build_parser().parse_args(["serve", "--max-tokens", "12", "--no-copy-guard", "--method", "generate"])
     settings = _settings_from(args, set())
     assert (settings.max_tokens, settings.copy_guard, settings.method) == (12, False, "generate")
+
+
+def test_a_block_size_the_cpu_backend_cannot_take_is_refused_naming_the_setting():
+    import pytest
+
+    from app.engines.vllm_local import check_block_size
+
+    with pytest.raises(ValueError, match="FLIP_KV_BLOCK_SIZE=16"):
+        check_block_size(16, on_cpu=True)
+    check_block_size(16, on_cpu=False)  # GPUs take 16
+    check_block_size(64, on_cpu=True)
