@@ -63,8 +63,8 @@ def length_balanced_accuracy(outcomes: Sequence[float], chosen_minus_rejected_wo
     if len(longer) == 0 or len(shorter) == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     value = float((longer.mean() + shorter.mean()) / 2)
-    if len(longer) + len(shorter) < 3 or np.all(np.concatenate([longer, shorter]) == longer[0]):
-        return Estimate(value, value, value, len(longer) + len(shorter))
+    if min(len(longer), len(shorter)) < 2 or np.all(np.concatenate([longer, shorter]) == longer[0]):
+        return Estimate(value, value, value, len(longer) + len(shorter))  # nothing to resample (as bootstrap_mean)
     result = stats.bootstrap(
         (longer, shorter), lambda a, b, axis=-1: (a.mean(axis=axis) + b.mean(axis=axis)) / 2,
         confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed,

@@ -46,6 +46,8 @@ def test_length_balanced_accuracy_gives_longer_wins_exactly_half():
     est = metrics.length_balanced_accuracy([1.0] * 6 + [0.0] * 3 + [1.0, 1.0, 0.0] + [0.5], diffs)
     assert est.value == pytest.approx(2 / 3) and est.low < est.value < est.high
     assert metrics.length_balanced_accuracy([1.0, 0.0], [3, 4]).n == 0  # no shorter-chosen pair: undefined
+    one = metrics.length_balanced_accuracy([1.0, 0.0, 1.0, 0.5], [3, -1, -2, -5])  # a group of one
+    assert one.value == pytest.approx((1.0 + 0.5) / 2) and one.low == one.high == one.value
 
 
 def _write(path, rows):
