@@ -50,16 +50,14 @@ def pairwise_accuracy(chosen: Sequence[float | None], rejected: Sequence[float |
     return bootstrap_mean(pair_outcomes(chosen, rejected), seed=seed)
 
 
-def length_balanced_accuracy(outcomes: Sequence[float], chosen_minus_rejected_words: Sequence[int],
+def length_balanced_accuracy(chosen_longer: Sequence[float], chosen_shorter: Sequence[float],
                              seed: int = 0, resamples: int = 2000) -> Estimate:
     """Mean of the accuracy on pairs whose chosen response is the longer one and on pairs where it
-    is the shorter one (equal lengths left out), with a bootstrap interval that resamples each group
-    on its own. "Longer wins" scores exactly 0.5 here, whatever share of the file favours length, so
-    a method above 0.5 ranks by something other than length. n: the pairs in both groups (0 when
-    either group is empty: there is nothing to balance)."""
-    diffs = np.asarray(chosen_minus_rejected_words)
-    data = np.asarray(outcomes, dtype=float)
-    longer, shorter = data[diffs > 0], data[diffs < 0]
+    is the shorter one (the outcomes of each group), with a bootstrap interval that resamples each
+    group on its own. "Longer wins" scores exactly 0.5 here, whatever share of the file favours
+    length, so a method above 0.5 ranks by something other than length. n: the pairs in both groups
+    (0 when either group is empty: there is nothing to balance)."""
+    longer, shorter = np.asarray(chosen_longer, dtype=float), np.asarray(chosen_shorter, dtype=float)
     if len(longer) == 0 or len(shorter) == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     value = float((longer.mean() + shorter.mean()) / 2)

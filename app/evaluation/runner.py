@@ -148,10 +148,11 @@ class Evaluator:
             for low, high, name in LENGTH_BUCKETS:
                 picked = [o for o, n in zip(outcomes, lengths) if low <= n < high]
                 entry["by_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
-            for name, keep in (("chosen longer", lambda d: d > 0), ("chosen shorter", lambda d: d < 0)):
-                picked = [o for o, d in zip(outcomes, longer) if keep(d)]
+            groups = {"chosen longer": [o for o, d in zip(outcomes, longer) if d > 0],
+                      "chosen shorter": [o for o, d in zip(outcomes, longer) if d < 0]}
+            for name, picked in groups.items():
                 entry["by_relative_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
-            entry["length_balanced"] = metrics.length_balanced_accuracy(outcomes, longer, seed=self.seed).as_dict()
+            entry["length_balanced"] = metrics.length_balanced_accuracy(*groups.values(), seed=self.seed).as_dict()
             subsets: dict[str, list[float]] = {}
             for o, r in zip(outcomes, rows):
                 subsets.setdefault(r.get("subset") or dataset.name, []).append(o)

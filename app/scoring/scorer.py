@@ -22,10 +22,10 @@ import asyncio
 import logging
 import math
 import time
-from functools import cached_property
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from app import metrics
 from app.config import Method, PromptMode, Settings, Similarity

@@ -1,6 +1,9 @@
 from pathlib import Path
 
+import pytest
+
 from app.config import Settings
+from app.engines.vllm_local import check_block_size
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -19,10 +22,6 @@ def test_cli_flags_map_onto_settings():
 
 
 def test_a_block_size_the_cpu_backend_cannot_take_is_refused_naming_the_setting():
-    import pytest
-
-    from app.engines.vllm_local import check_block_size
-
     with pytest.raises(ValueError, match="FLIP_KV_BLOCK_SIZE=16"):
         check_block_size(16, on_cpu=True)
     check_block_size(16, on_cpu=False)  # GPUs take 16

@@ -37,16 +37,15 @@ def test_best_of_4_needs_chosen_above_all_three():
 
 
 def test_length_balanced_accuracy_gives_longer_wins_exactly_half():
-    diffs = [5] * 9 + [-5] * 3 + [0]  # 9 pairs where the chosen answer is longer, 3 shorter, 1 equal
-    longer_wins = [1.0] * 9 + [0.0] * 3 + [0.5]
+    # 9 pairs where the chosen answer is longer, 3 where it is shorter (and 1 equal, in neither group)
     assert metrics.pairwise_accuracy([1] * 9 + [0] * 3 + [0.5], [0.5] * 13).value == pytest.approx(9.5 / 13)
-    est = metrics.length_balanced_accuracy(longer_wins, diffs)
+    est = metrics.length_balanced_accuracy([1.0] * 9, [0.0] * 3)  # longer wins
     assert est.value == 0.5 and est.n == 12
     # a method right on 2 of 3 shorter-chosen pairs and 6 of 9 longer-chosen ones: (2/3 + 2/3) / 2
-    est = metrics.length_balanced_accuracy([1.0] * 6 + [0.0] * 3 + [1.0, 1.0, 0.0] + [0.5], diffs)
+    est = metrics.length_balanced_accuracy([1.0] * 6 + [0.0] * 3, [1.0, 1.0, 0.0])
     assert est.value == pytest.approx(2 / 3) and est.low < est.value < est.high
-    assert metrics.length_balanced_accuracy([1.0, 0.0], [3, 4]).n == 0  # no shorter-chosen pair: undefined
-    one = metrics.length_balanced_accuracy([1.0, 0.0, 1.0, 0.5], [3, -1, -2, -5])  # a group of one
+    assert metrics.length_balanced_accuracy([1.0, 0.0], []).n == 0  # no shorter-chosen pair: undefined
+    one = metrics.length_balanced_accuracy([1.0], [0.0, 1.0, 0.5])  # a group of one
     assert one.value == pytest.approx((1.0 + 0.5) / 2) and one.low == one.high == one.value
 
 
