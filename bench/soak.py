@@ -3,7 +3,10 @@ on this machine (loopback only), then report what came back.
 
 Checks: every request id answered exactly once (the X-Request-ID echo), no 5xx (429 from the
 admission limit counts as an answer, not a failure), p50/p99 latency, and the server's memory
-(RSS) growth between the end of the warm-up and the end of the run, which must stay under a bound.
+(RSS) growth over the second half of the measured run, which must stay under a bound. The second
+half, because the process settles in steps early on (allocator arenas and tensor caches for
+shapes seen for the first time: one run stepped up 147 MiB within a second of the warm-up's end and
+stayed flat within 2 MiB after), while a leak keeps climbing for as long as requests come.
 
     .venv/bin/python bench/soak.py                       # starts its own server (built-in models)
     .venv/bin/python bench/soak.py --url http://127.0.0.1:8000 --pid <server pid>
@@ -129,7 +132,7 @@ async def _send_all(url: str, requests: list[tuple[str, dict | bytes, int]], fir
 
 
 async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int = 400, warmup: int = 32,
-                   max_seconds: float = 1200, max_rss_growth_mib: float = 128, seed: int = 0,
+                   max_seconds: float = 1200, max_late_rss_growth_mib: float = 64, seed: int = 0,
                    api_key: str | None = None) -> dict:
     _require_loopback(url)
     deadline = time.monotonic() + max_seconds
@@ -186,6 +189,7 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
         "stopped_by_time_limit": time.monotonic() >= deadline,
     }
     if pid:
+        late_growth = rss_end[0] / MIB - _rss_at(timeline, elapsed / 2, default=rss_start[0] / MIB)
         result.update({
             "rss_after_warmup_mib": round(rss_start[0] / MIB, 1),
             "rss_end_mib": round(rss_end[0] / MIB, 1),
@@ -194,7 +198,8 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
             "rss_tree_end_mib": round(rss_end[1] / MIB, 1),
             "rss_tree_peak_mib": round(peak[0][1] / MIB, 1),
             "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
-            "rss_growth_bound_mib": max_rss_growth_mib,
+            "rss_late_growth_mib": round(late_growth, 1),
+            "rss_late_growth_bound_mib": max_late_rss_growth_mib,
             "rss_timeline_mib": timeline[:: max(1, len(timeline) // 20)],
         })
     result["passed"] = (
@@ -203,9 +208,14 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
         and not log["unexpected"]
         and server_errors == 0
         and not result["stopped_by_time_limit"]
-        and (not pid or result["rss_growth_mib"] <= max_rss_growth_mib)
+        and (not pid or result["rss_late_growth_mib"] <= max_late_rss_growth_mib)
     )
     return result
+
+
+def _rss_at(timeline: list[tuple[float, float]], seconds: float, default: float) -> float:
+    """The server's RSS (MiB) in the first sample taken at or after `seconds` into the measured run."""
+    return next((mib for at, mib in timeline if at >= seconds), default)
 
 
 def _round(value: float | None) -> float | None:
@@ -241,7 +251,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="measured requests, after the warm-up")
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long")
-    parser.add_argument("--max-rss-growth-mib", type=float, default=128)
+    parser.add_argument("--max-late-rss-growth-mib", type=float, default=64,
+                        help="bound on the server's RSS growth over the second half of the measured run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
@@ -254,7 +265,7 @@ def main() -> int:
         pid = process.pid
     try:
         result = asyncio.run(run_soak(url, pid, args.clients, args.requests, args.warmup, args.max_seconds,
-                                      args.max_rss_growth_mib, args.seed, os.environ.get("FLIP_SOAK_API_KEY")))
+                                      args.max_late_rss_growth_mib, args.seed, os.environ.get("FLIP_SOAK_API_KEY")))
     finally:
         if process is not None:
             process.terminate()
