@@ -189,7 +189,7 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
         "stopped_by_time_limit": time.monotonic() >= deadline,
     }
     if pid:
-        late_growth = rss_end[0] / MIB - _rss_at(timeline, elapsed / 2, default=rss_start[0] / MIB)
+        late_growth = late_rss_growth(timeline, rss_end[0] / MIB, elapsed, rss_start[0] / MIB)
         result.update({
             "rss_after_warmup_mib": round(rss_start[0] / MIB, 1),
             "rss_end_mib": round(rss_end[0] / MIB, 1),
@@ -213,9 +213,11 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
     return result
 
 
-def _rss_at(timeline: list[tuple[float, float]], seconds: float, default: float) -> float:
-    """The server's RSS (MiB) in the first sample taken at or after `seconds` into the measured run."""
-    return next((mib for at, mib in timeline if at >= seconds), default)
+def late_rss_growth(timeline: list[tuple[float, float]], end_mib: float, elapsed_s: float, start_mib: float) -> float:
+    """RSS growth (MiB) from the first sample at or after half the measured run to its end; from
+    the start when no sample lies there (a run shorter than the sampling interval)."""
+    midway = next((mib for at, mib in timeline if at >= elapsed_s / 2), start_mib)
+    return end_mib - midway
 
 
 def _round(value: float | None) -> float | None:
