@@ -146,14 +146,19 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
     log["statuses"].clear()
     started = time.monotonic()
     peak = [rss_start]
-    timeline: list[tuple[float, float]] = []  # (seconds, server RSS MiB): a leak climbs, a warm-up levels off
+    # (seconds, RSS MiB) of the API process, and of it with the engine's processes: a leak climbs,
+    # a warm-up levels off
+    timeline: list[tuple[float, float]] = []
+    tree_timeline: list[tuple[float, float]] = []
 
     async def sample_rss() -> None:
         while pid:
             await asyncio.sleep(1.0)
             sample = _rss(pid)
             peak[0] = max(peak[0], sample, key=lambda r: r[1])
-            timeline.append((round(time.monotonic() - started, 1), round(sample[0] / MIB, 1)))
+            at = round(time.monotonic() - started, 1)
+            timeline.append((at, round(sample[0] / MIB, 1)))
+            tree_timeline.append((at, round(sample[1] / MIB, 1)))
 
     sampler = asyncio.create_task(sample_rss())
     await _send_all(url, plan[warmup:], warmup, clients, deadline, api_key, log)
@@ -198,9 +203,12 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
             "rss_tree_end_mib": round(rss_end[1] / MIB, 1),
             "rss_tree_peak_mib": round(peak[0][1] / MIB, 1),
             "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
+            "rss_tree_late_growth_mib": round(
+                late_rss_growth(tree_timeline, rss_end[1] / MIB, elapsed, rss_start[1] / MIB), 1),
             "rss_late_growth_mib": round(late_growth, 1),
             "rss_late_growth_bound_mib": max_late_rss_growth_mib,
             "rss_timeline_mib": timeline[:: max(1, len(timeline) // 20)],
+            "rss_tree_timeline_mib": tree_timeline[:: max(1, len(tree_timeline) // 20)],
         })
     result["passed"] = (
         result["answered_exactly_once"]
