@@ -145,20 +145,13 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
     log["latencies"].clear()  # latency over the measured part only
     log["statuses"].clear()
     started = time.monotonic()
-    peak = [rss_start]
-    # (seconds, RSS MiB) of the API process, and of it with the engine's processes: a leak climbs,
-    # a warm-up levels off
-    timeline: list[tuple[float, float]] = []
-    tree_timeline: list[tuple[float, float]] = []
+    # (seconds into the measured run, _rss(pid)) every second: a leak climbs, a warm-up levels off
+    samples: list[tuple[float, tuple[int, int]]] = []
 
     async def sample_rss() -> None:
         while pid:
             await asyncio.sleep(1.0)
-            sample = _rss(pid)
-            peak[0] = max(peak[0], sample, key=lambda r: r[1])
-            at = round(time.monotonic() - started, 1)
-            timeline.append((at, round(sample[0] / MIB, 1)))
-            tree_timeline.append((at, round(sample[1] / MIB, 1)))
+            samples.append((round(time.monotonic() - started, 1), _rss(pid)))
 
     sampler = asyncio.create_task(sample_rss())
     await _send_all(url, plan[warmup:], warmup, clients, deadline, api_key, log)
@@ -194,21 +187,23 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
         "stopped_by_time_limit": time.monotonic() >= deadline,
     }
     if pid:
-        late_growth = late_rss_growth(timeline, rss_end[0] / MIB, elapsed, rss_start[0] / MIB)
+        # index 0: the API process; 1: it with the engine's processes
+        timeline = [[(at, round(rss[k] / MIB, 1)) for at, rss in samples] for k in (0, 1)]
+        late = [late_rss_growth(timeline[k], rss_end[k] / MIB, elapsed, rss_start[k] / MIB) for k in (0, 1)]
+        every = max(1, len(samples) // 20)
         result.update({
             "rss_after_warmup_mib": round(rss_start[0] / MIB, 1),
             "rss_end_mib": round(rss_end[0] / MIB, 1),
             "rss_growth_mib": round((rss_end[0] - rss_start[0]) / MIB, 1),
             "rss_tree_after_warmup_mib": round(rss_start[1] / MIB, 1),
             "rss_tree_end_mib": round(rss_end[1] / MIB, 1),
-            "rss_tree_peak_mib": round(peak[0][1] / MIB, 1),
+            "rss_tree_peak_mib": round(max([rss_start[1]] + [rss[1] for _, rss in samples]) / MIB, 1),
             "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
-            "rss_tree_late_growth_mib": round(
-                late_rss_growth(tree_timeline, rss_end[1] / MIB, elapsed, rss_start[1] / MIB), 1),
-            "rss_late_growth_mib": round(late_growth, 1),
+            "rss_tree_late_growth_mib": round(late[1], 1),
+            "rss_late_growth_mib": round(late[0], 1),
             "rss_late_growth_bound_mib": max_late_rss_growth_mib,
-            "rss_timeline_mib": timeline[:: max(1, len(timeline) // 20)],
-            "rss_tree_timeline_mib": tree_timeline[:: max(1, len(tree_timeline) // 20)],
+            "rss_timeline_mib": timeline[0][::every],
+            "rss_tree_timeline_mib": timeline[1][::every],
         })
     result["passed"] = (
         result["answered_exactly_once"]

@@ -32,18 +32,26 @@ def pair_outcomes(chosen: Sequence[float | None], rejected: Sequence[float | Non
     return np.asarray(out, dtype=float)
 
 
-def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Estimate:
-    """Mean with a 95% percentile-bootstrap interval (scipy.stats.bootstrap)."""
-    data = np.asarray(values, dtype=float)
-    if len(data) == 0:
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic, seed: int, resamples: int) -> Estimate:
+    """`statistic(*samples)` with a 95% percentile-bootstrap interval (scipy.stats.bootstrap), each
+    sample resampled on its own. An empty sample leaves it undefined (n=0); a sample of one, or all
+    values equal, leaves nothing to resample (the interval is the point value). n: all values."""
+    n, smallest = sum(len(s) for s in samples), min(len(s) for s in samples)
+    if smallest == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    if len(data) == 1 or np.all(data == data[0]):
-        return Estimate(float(data.mean()), float(data.mean()), float(data.mean()), len(data))
+    value = float(statistic(*samples))
+    if smallest == 1 or np.all(np.concatenate(samples) == samples[0][0]):
+        return Estimate(value, value, value, n)
     result = stats.bootstrap(
-        (data,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed
+        samples, statistic, confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed
     )
     ci = result.confidence_interval
-    return Estimate(float(data.mean()), float(ci.low), float(ci.high), len(data))
+    return Estimate(value, float(ci.low), float(ci.high), n)
+
+
+def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Estimate:
+    """Mean with a 95% percentile-bootstrap interval."""
+    return _bootstrap((np.asarray(values, dtype=float),), np.mean, seed, resamples)
 
 
 def pairwise_accuracy(chosen: Sequence[float | None], rejected: Sequence[float | None], seed: int = 0) -> Estimate:
@@ -57,18 +65,11 @@ def length_balanced_accuracy(chosen_longer: Sequence[float], chosen_shorter: Seq
     group on its own. "Longer wins" scores exactly 0.5 here, whatever share of the file favours
     length, so a method above 0.5 ranks by something other than length. n: the pairs in both groups
     (0 when either group is empty: there is nothing to balance)."""
-    longer, shorter = np.asarray(chosen_longer, dtype=float), np.asarray(chosen_shorter, dtype=float)
-    if len(longer) == 0 or len(shorter) == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    value = float((longer.mean() + shorter.mean()) / 2)
-    if min(len(longer), len(shorter)) < 2 or np.all(np.concatenate([longer, shorter]) == longer[0]):
-        return Estimate(value, value, value, len(longer) + len(shorter))  # nothing to resample (as bootstrap_mean)
-    result = stats.bootstrap(
-        (longer, shorter), lambda a, b, axis=-1: (a.mean(axis=axis) + b.mean(axis=axis)) / 2,
-        confidence_level=0.95, n_resamples=resamples, method="percentile", random_state=seed,
-    )
-    ci = result.confidence_interval
-    return Estimate(value, float(ci.low), float(ci.high), len(longer) + len(shorter))
+    def balanced(longer: np.ndarray, shorter: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (longer.mean(axis=axis) + shorter.mean(axis=axis)) / 2
+
+    samples = (np.asarray(chosen_longer, dtype=float), np.asarray(chosen_shorter, dtype=float))
+    return _bootstrap(samples, balanced, seed, resamples)
 
 
 def best_of_n(scores: Sequence[Sequence[float | None]], quality: Sequence[Sequence[float]]) -> dict:
