@@ -11,8 +11,10 @@ requests arrive at the same moment (the first one encodes, the others wait for i
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,7 +39,7 @@ class Embedder:
         self._model = SentenceTransformer(model_path, device=device, local_files_only=True)
         self._lock = threading.Lock()  # one encode at a time (the CLI may call encode directly)
         self._max_batch_size = max_batch_size
-        self._batcher = MicroBatcher(
+        self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
             self._encode_in_thread, max_batch_size, max_wait_ms / 1000, on_batch=metrics.EMBEDDING_BATCH_SIZE.observe
         )
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
@@ -57,8 +59,8 @@ class Embedder:
                 show_progress_bar=False,
             )
 
-    async def _encode_in_thread(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.to_thread(self.encode, texts)
+    async def _encode_in_thread(self, texts: list[str]) -> Sequence[np.ndarray]:
+        return await asyncio.to_thread(self.encode, texts)  # type: ignore[arg-type]  # an array is a sequence of rows
 
     async def aencode(self, texts: list[str], cached: bool = False) -> np.ndarray:
         """Embeddings of `texts`, encoded together with other concurrent callers' texts.
@@ -68,7 +70,7 @@ class Embedder:
         keys = [(self.model_name, text) for text in texts]
         found: dict[tuple[str, str], np.ndarray] = {}
         encoding: dict[tuple[str, str], tuple[asyncio.Future, int]] = {}  # key -> (task, row)
-        missing = []
+        missing: list[tuple[str, str]] = []
         for key in dict.fromkeys(keys):
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -85,12 +87,12 @@ class Embedder:
         if missing:
             # A task of its own: a caller that is cancelled (client gone) must not take the
             # encoding away from the concurrent callers waiting for the same texts.
-            task = asyncio.ensure_future(self._batcher.submit([text for _, text in missing]))
-            task.add_done_callback(lambda done, keys=missing: self._store(keys, done))
+            task: asyncio.Future = asyncio.ensure_future(self._batcher.submit([text for _, text in missing]))
+            task.add_done_callback(functools.partial(self._store, missing))
             for index, key in enumerate(missing):
                 self._pending[key] = encoding[key] = (task, index)
-        for key, (task, index) in encoding.items():
-            found[key] = (await asyncio.shield(task))[index]
+        for key, (pending, index) in encoding.items():
+            found[key] = (await asyncio.shield(pending))[index]
         return np.stack([found[key] for key in keys])
 
     def _store(self, keys: list[tuple[str, str]], task: asyncio.Future) -> None:

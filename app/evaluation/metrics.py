@@ -49,7 +49,7 @@ def _bootstrap(samples: tuple[np.ndarray, ...], statistic, seed: int, resamples:
     return Estimate(value, float(ci.low), float(ci.high), n)
 
 
-def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000) -> Estimate:
+def bootstrap_mean(values: Sequence[float] | np.ndarray, seed: int = 0, resamples: int = 2000) -> Estimate:
     """Mean with a 95% percentile-bootstrap interval."""
     return _bootstrap((np.asarray(values, dtype=float),), np.mean, seed, resamples)
 

@@ -64,7 +64,7 @@ def plots(results: dict[str, Any], out_dir: Path, highlight: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    written: list[Path] = []
     pairwise = {k: v for k, v in results.items() if v["kind"] == "pairwise"}
     if not pairwise:
         return written

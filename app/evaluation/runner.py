@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -20,6 +20,9 @@ from app.client import AsyncFlipClient
 from app.evaluation import metrics
 from app.evaluation.datasets import Dataset
 from app.evaluation.probes import probes
+
+if TYPE_CHECKING:
+    from app.embeddings.encoder import Embedder
 
 LENGTH_BUCKETS = ((0, 100, "<100 words"), (100, 300, "100-300 words"), (300, 10**9, ">300 words"))
 
@@ -66,7 +69,7 @@ class Evaluator:
         self.client = client
         self.seed = seed
         self.progress = progress
-        self._embedder = None
+        self._embedder: Embedder | None = None  # loaded on first use (the relevance baseline)
         self._cache: dict[tuple, list[dict | None]] = {}
 
     # --- scoring one list of (instruction, response, context) items with one method
@@ -84,7 +87,7 @@ class Evaluator:
             self._cache[key] = results
         return self._cache[key]
 
-    def _relevance(self, items: list[dict]) -> list[float]:
+    def _relevance(self, items: list[dict]) -> list[float | None]:
         if self._embedder is None:
             from app.embeddings.encoder import Embedder
             from app.models import resolve_embedding_model
@@ -152,7 +155,9 @@ class Evaluator:
                       "chosen shorter": [o for o, d in zip(outcomes, longer) if d < 0]}
             for name, picked in groups.items():
                 entry["by_relative_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
-            entry["length_balanced"] = metrics.length_balanced_accuracy(*groups.values(), seed=self.seed).as_dict()
+            entry["length_balanced"] = metrics.length_balanced_accuracy(
+                groups["chosen longer"], groups["chosen shorter"], seed=self.seed
+            ).as_dict()
             subsets: dict[str, list[float]] = {}
             for o, r in zip(outcomes, rows):
                 subsets.setdefault(r.get("subset") or dataset.name, []).append(o)
