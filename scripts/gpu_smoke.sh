@@ -111,7 +111,8 @@ if [ $rc = 0 ]; then ok "exit 0 after $((SECONDS - stopped)) s"; else bad "exit 
 
 step "throughput benchmark, short run: bench/throughput.py $BENCH_ARGS"
 # shellcheck disable=SC2086  # the arguments are meant to split
-if timeout 420 "$PY" bench/throughput.py $BENCH_ARGS; then ok "benchmark"; else bad "benchmark (exit $?)"; fi
+# PYTHONPATH: the checkout's app/, also where another copy of the package is installed.
+if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 420 "$PY" bench/throughput.py $BENCH_ARGS; then ok "benchmark"; else bad "benchmark (exit $?)"; fi
 if [ -f bench/results/server.log ]; then
   step "benchmark's server log (tail)"
   tail -n 40 bench/results/server.log
