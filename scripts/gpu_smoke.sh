@@ -126,6 +126,15 @@ step "throughput benchmark, short run: bench/throughput.py $BENCH_ARGS"
 # shellcheck disable=SC2086  # the arguments are meant to split
 # PYTHONPATH: the checkout's app/, also where another copy of the package is installed.
 if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$BENCH_TIMEOUT" "$PY" bench/throughput.py $BENCH_ARGS; then ok "benchmark"; else bad "benchmark (exit $?)"; fi
+# The burst's verdict (every request a reward or a 429, no 5xx): printed by the benchmark, not its exit code.
+if "$PY" - <<'EOF'
+import glob, json, sys
+runs = sorted(glob.glob("bench/results/throughput-*.json"))
+burst = json.load(open(runs[-1]))["results"]["burst"] if runs else {}
+print("burst outcomes:", burst.get("outcomes"))
+sys.exit(0 if burst.get("every_request_answered_reward_or_429") else 1)
+EOF
+then ok "burst: every request a reward or a 429"; else bad "burst: some requests got neither a reward nor a 429"; fi
 if [ -f bench/results/server.log ]; then
   step "benchmark's server log (tail)"
   tail -n 40 bench/results/server.log
