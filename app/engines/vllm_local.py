@@ -28,6 +28,12 @@ def resolve_dtype(dtype: str) -> str:
     return "auto" if torch.cuda.is_available() else "float32"
 
 
+def resolve_enforce_eager(enforce_eager: bool | None, on_cpu: bool) -> bool:
+    """Unset means eager on the CPU backend (no CUDA graphs there; compiling only slows the start)
+    and CUDA graphs on a GPU, where they speed up every decode step."""
+    return on_cpu if enforce_eager is None else enforce_eager
+
+
 class EngineStepStats:
     """Totals from vLLM's scheduler stats, fed by a stat logger on every engine step: how many
     requests ran together (the engine's batch size) and how the prefix cache did."""
@@ -119,13 +125,18 @@ class VLLMEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        check_block_size(settings.kv_block_size, current_platform.is_cpu())
+        on_cpu = current_platform.is_cpu()
+        if not on_cpu:
+            # The engine core runs in a child process. Forked after CUDA is initialised (the embedder
+            # loads on the GPU in a thread beside this one), the child's CUDA fails; spawn is safe.
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        check_block_size(settings.kv_block_size, on_cpu)
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=model_name,
             max_model_len=settings.max_model_len,
             dtype=resolve_dtype(settings.dtype),
-            enforce_eager=settings.enforce_eager,
+            enforce_eager=resolve_enforce_eager(settings.enforce_eager, on_cpu),
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,
             seed=settings.seed,
