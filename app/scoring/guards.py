@@ -92,8 +92,15 @@ def instruction_word_share(instruction: str, response: str) -> float:
     return sum(w in vocabulary for w in words) / len(words) if words else 0.0
 
 
+def is_stuffing_candidate(instruction: str, response: str) -> bool:
+    """The text half of the test: long enough and (nearly) only instruction words. Only such a
+    response needs its fluency, which costs logprobs over all of its tokens."""
+    return (len(_words(response)) >= STUFFING_MIN_WORDS
+            and instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE)
+
+
 def is_keyword_stuffing(instruction: str, response: str, fluency: float | None) -> bool:
     """The response is (nearly) only instruction words, in an order the model finds implausible."""
-    if fluency is None or fluency >= STUFFING_FLUENCY or len(_words(response)) < STUFFING_MIN_WORDS:
+    if fluency is None or fluency >= STUFFING_FLUENCY:
         return False
-    return instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE
+    return is_stuffing_candidate(instruction, response)
