@@ -63,14 +63,14 @@ def apply_copy_guard(item: ScoreItem, fitter: PromptFitter, min_words: int) -> t
 
 class Scorer:
     def __init__(self, engine: Engine, embedder: Embedder | None, settings: Settings,
-                 likelihood: Likelihood | None = None) -> None:
+                 split_prefill: bool | None = None) -> None:
         self.engine = engine
         self.embedder = embedder
         self.settings = settings
         self.fitter = PromptFitter(engine.tokenizer, engine.max_model_len, settings.strip_think)
         self.methods: dict[str, ScoringMethod] = {
             "generate": Generate(self.fitter, settings, embedder),
-            "likelihood": likelihood or Likelihood(self.fitter, settings),
+            "likelihood": Likelihood(self.fitter, settings, split_prefill),  # None: as the engine allows
             "judge": Judge(self.fitter, settings),
         }
 
