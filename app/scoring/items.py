@@ -21,7 +21,8 @@ class ScoreOptions:
     prompt_mode: PromptMode
     method: Method = "likelihood"  # the server's default (Settings.method)
     copy_guard: bool = True
-    distractors: int | None = None  # likelihood: unrelated instructions to contrast with; None: Settings.likelihood_distractors
+    # likelihood: unrelated instructions to contrast with; None: Settings.likelihood_distractors
+    distractors: int | None = None
 
 
 @dataclass

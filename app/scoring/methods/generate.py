@@ -46,8 +46,8 @@ class Generate:
         mode = options.prompt_mode
         outputs = await gather([timed_generate(engine, f.token_ids, self.params(f, options)) for f in prepared])
         results: list[ItemResult | BaseException] = []
-        scored: list[int] = []
-        for k, (item, fitted, out) in enumerate(zip(items, prepared, outputs)):
+        scored: list[tuple[ScoreItem, ItemResult]] = []  # the ones with an instruction to compare
+        for item, fitted, out in zip(items, prepared, outputs):
             if isinstance(out, BaseException):
                 results.append(out)
                 continue
@@ -63,21 +63,20 @@ class Generate:
             if not parsed.instruction:
                 result.error = "the model produced no text to compare"
                 continue
-            scored.append(k)
+            scored.append((item, result))
         if scored:
-            done = [results[k] for k in scored]
-            await self._similarities([items[k] for k in scored], done, options)  # type: ignore[misc]
+            await self._similarities([item for item, _ in scored], [result for _, result in scored], options)
         return results
 
     async def _similarities(self, items: list[ScoreItem], results: list[ItemResult], options: ScoreOptions) -> None:
         assert self.embedder is not None, "generate needs an embedder"
         started = time.perf_counter()
-        inferred = await self.embedder.aencode([r.inferred_instruction for r in results])
+        inferred = await self.embedder.aencode([r.inferred_instruction or "" for r in results])
         # The real instruction repeats across a GRPO group: cached.
         real = await self.embedder.aencode([item.instruction for item in items], cached=True)
         cosines = paired_cosine_01(inferred, real)
         for item, result, cosine in zip(items, results, cosines):
-            f1 = word_f1(result.inferred_instruction, item.instruction)
+            f1 = word_f1(result.inferred_instruction or "", item.instruction)
             sims = {"f1": f1, "embedding": float(cosine)}
             sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
             result.similarities = sims

@@ -17,8 +17,10 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import cast
 
 from app import metrics
 from app.config import Settings
@@ -69,7 +71,7 @@ def _mean(values: list[float]) -> float:
 
 
 def likelihood_reward(
-    cond: list[float], uncond: list[float] | None, scale: float, distractors: list[Scored] = ()
+    cond: list[float], uncond: list[float] | None, scale: float, distractors: Sequence[Scored] = ()
 ) -> tuple[float, dict[str, float | int | bool | None]]:
     """Reward from the instruction's token log-probabilities with the response (`cond`) and, for
     PMI, without it (`uncond`); `distractors` holds the same for unrelated instructions.
@@ -92,9 +94,9 @@ def likelihood_reward(
     if uncond:
         details["pmi"] = own
     if distractors:
-        details["distractor_score"] = _mean([score(c, u) for c, u in distractors])
-        details["contrast"] = own - details["distractor_score"]
-        return _sigmoid(details["contrast"] / scale), details
+        distractor_score = _mean([score(c, u) for c, u in distractors])
+        details["distractor_score"], details["contrast"] = distractor_score, own - distractor_score
+        return _sigmoid((own - distractor_score) / scale), details
     return _sigmoid(own / scale) if uncond else math.exp(own / scale), details
 
 
@@ -176,12 +178,12 @@ class Likelihood:
         started = time.perf_counter()
         outputs = await gather([self._score_one(engine, inputs, pmi, split) for inputs in prepared])
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
-        return [out if isinstance(out, BaseException) else self._result(item, inputs, *out, options.copy_guard)
+        return [out if isinstance(out, BaseException) else self._result(item, inputs, out, options.copy_guard)
                 for item, inputs, out in zip(items, prepared, outputs)]
 
-    def _result(self, item: ScoreItem, inputs: LikelihoodInputs, fluency: float | None, scored: list[Scored],
+    def _result(self, item: ScoreItem, inputs: LikelihoodInputs, scored: tuple[float | None, list[Scored]],
                 guard: bool) -> ItemResult:
-        (cond, uncond), *distractors = scored
+        fluency, ((cond, uncond), *distractors) = scored
         result = ItemResult(id=item.id, truncated=inputs.truncated, prompt_tokens=len(inputs.conditional_ids))
         result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale,
                                                              distractors)
@@ -204,22 +206,26 @@ class Likelihood:
         prefix = len(inputs.fitted.token_ids)
         fluency = None
         if split and not inputs.needs_fluency:
-            cond, *uncond = await asyncio.gather(self._after_prefill(engine, inputs), *unconditional)
+            outs = await asyncio.gather(self._after_prefill(engine, inputs), *unconditional)
+            cond, uncond = cast(list[list[float]], outs[0]), cast(list[list[float]], outs[1:])
         else:
             # The real instruction's prompt logprobs from the response on (the stuffing guard's fluency
             # figure; the shared system prompt before it may come from the prefix cache), then each
             # distractor's, once the response is in the prefix cache.
-            real, *uncond = await asyncio.gather(
+            outs = await asyncio.gather(
                 self._prompt_logprobs(engine, inputs.conditional_ids, scored_from=inputs.response_span[0]),
                 *unconditional)
+            real, uncond = cast(list[float | None], outs[0]), cast(list[list[float]], outs[1:])
             distractors = await asyncio.gather(
                 *[self._instruction_logprobs(engine, inputs.fitted.token_ids + d, len(d), scored_from=prefix)
                   for d in inputs.distractor_ids])
             cond = [scored_tail(real, n), *distractors]
             start, end = inputs.response_span
             span = real[start:end]
-            fluency = _mean(span) if span and None not in span else None  # None: no guard, never a made-up 0
-        return fluency, list(zip(cond, uncond or [None] * len(cond)))
+            # None (no guard) where a position has no logprob: never a made-up 0
+            fluency = _mean(cast(list[float], span)) if span and None not in span else None
+        baseline: list[list[float] | None] = list(uncond) if uncond else [None] * len(cond)
+        return fluency, list(zip(cond, baseline))
 
     async def _after_prefill(self, engine: Engine, inputs: LikelihoodInputs) -> list[list[float]]:
         """The response prefilled without logprobs, one token short, then the real instruction and
