@@ -7,8 +7,9 @@ Arms, each after the engine's prefix cache is emptied (so no arm reads another's
   old               app/scoring/scorer.py at --against, loaded from git
   new (one request) this tree, likelihood scored the way the old code did (every instruction in one
                     request, the real one from the response on): must equal old exactly
-  new (prefill)     this tree, the response prefilled without logprobs and the instructions scored
-                    from the prefix cache: rewards within --tolerance of old
+  new (prefill)     this tree, the response prefilled without logprobs and the instructions (and the
+                    PMI baselines after their shared head) scored from the prefix cache: rewards
+                    within --tolerance of old
   generate, judge   old and this tree on the first --generate-items items: must be equal exactly
 Prints a table and exits 1 on any difference past the bounds.
 """
@@ -70,8 +71,8 @@ async def main(args: argparse.Namespace) -> int:
     embedder = await asyncio.to_thread(load_embedder, settings)
     old_module = load_old_scorer(args.against)
     old = old_module.Scorer(engine, embedder, settings)
-    one_request = Scorer(engine, embedder, settings, split_prefill=False)
-    prefill = Scorer(engine, embedder, settings, split_prefill=True)
+    one_request = Scorer(engine, embedder, settings, split_prefill=False, baseline_from_cache=False)
+    prefill = Scorer(engine, embedder, settings, split_prefill=True, baseline_from_cache=True)
     pairs = load_pairs()[: args.items] + [{"id": f"crafted-{k}", **c} for k, c in enumerate(_CRAFTED)]
     rows, failed = [], False
     try:

@@ -63,14 +63,15 @@ def apply_copy_guard(item: ScoreItem, fitter: PromptFitter, min_words: int) -> t
 
 class Scorer:
     def __init__(self, engine: Engine, embedder: Embedder | None, settings: Settings,
-                 split_prefill: bool | None = None) -> None:
+                 split_prefill: bool | None = None, baseline_from_cache: bool | None = None) -> None:
         self.engine = engine
         self.embedder = embedder
         self.settings = settings
         self.fitter = PromptFitter(engine.tokenizer, engine.max_model_len, settings.strip_think)
         self.methods: dict[str, ScoringMethod] = {
             "generate": Generate(self.fitter, settings, embedder),
-            "likelihood": Likelihood(self.fitter, settings, split_prefill),  # None: as the engine allows
+            # None: as the engine allows (a benchmark compares the ways)
+            "likelihood": Likelihood(self.fitter, settings, split_prefill, baseline_from_cache),
             "judge": Judge(self.fitter, settings),
         }
 

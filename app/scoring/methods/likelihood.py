@@ -7,8 +7,9 @@ Logits only where they are scored. Asking for prompt logprobs makes the engine c
 full-vocabulary log-softmax at every position it computes, so the response is first prefilled
 without them (one token short: the position before the instruction must be computed again for the
 instruction's first logprob), and the instructions are then scored from the prefix cache, their own
-tokens only. Only a response the text test flags as a possible keyword stuffing (guards.py) is
-scored from its first token on, for the guard's fluency figure.
+tokens only; so is the PMI baseline, after the shared "(no response)" head. Only a response the
+text test flags as a possible keyword stuffing (guards.py) is scored from its first token on, for
+the guard's fluency figure.
 """
 
 from __future__ import annotations
@@ -120,19 +121,21 @@ def response_span(fitted: Fitted) -> tuple[int, int]:
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
 
-def splits_prefill(engine: Engine) -> bool:
+def scores_from_cache(engine: Engine) -> bool:
     """Whether the engine computes only the positions from `scored_from` on when the ones before it
-    are in its prefix cache (then a prefill without logprobs pays); an engine that computes every
-    position anyway (a remote server) gets one request per instruction, as before."""
+    are in its prefix cache; an engine that computes every position anyway (a remote server) gets
+    one request per instruction, each computed whole, as before."""
     return bool(getattr(engine, "scores_from_prefix_cache", False))
 
 
 class Likelihood:
-    def __init__(self, fitter: PromptFitter, settings: Settings, split_prefill: bool | None = None) -> None:
+    def __init__(self, fitter: PromptFitter, settings: Settings, split_prefill: bool | None = None,
+                 baseline_from_cache: bool | None = None) -> None:
         self.fitter = fitter
         self.settings = settings
-        # None: as the engine allows (splits_prefill); the benchmark sets it to compare both ways.
+        # None: as the engine allows (scores_from_cache); the benchmark sets them to compare the ways.
         self.split_prefill = split_prefill
+        self.baseline_from_cache = baseline_from_cache
         # log p(instruction) without a response, per instruction: a GRPO group shares it.
         self._unconditional: OrderedDict[tuple[int, ...], asyncio.Future[list[float]]] = OrderedDict()
 
@@ -174,9 +177,11 @@ class Likelihood:
     async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs],
                   options: ScoreOptions) -> list[ItemResult | BaseException]:
         pmi = self.settings.likelihood_baseline == "pmi"
-        split = splits_prefill(engine) if self.split_prefill is None else self.split_prefill
+        cached = scores_from_cache(engine)
+        split = cached if self.split_prefill is None else self.split_prefill
+        baseline_cached = cached if self.baseline_from_cache is None else self.baseline_from_cache
         started = time.perf_counter()
-        outputs = await gather([self._score_one(engine, inputs, pmi, split) for inputs in prepared])
+        outputs = await gather([self._score_one(engine, inputs, pmi, split, baseline_cached) for inputs in prepared])
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
         return [out if isinstance(out, BaseException) else self._result(item, inputs, out, options.copy_guard)
                 for item, inputs, out in zip(items, prepared, outputs)]
@@ -195,14 +200,17 @@ class Likelihood:
             result.reward = 0.0
         return result
 
-    async def _score_one(self, engine: Engine, inputs: LikelihoodInputs, pmi: bool,
-                         split: bool) -> tuple[float | None, list[Scored]]:
+    async def _score_one(self, engine: Engine, inputs: LikelihoodInputs, pmi: bool, split: bool,
+                         baseline_cached: bool) -> tuple[float | None, list[Scored]]:
         """The response's fluency (None where not computed) and, for the real instruction and then each
         distractor, its logprobs after the response and (PMI) after no response."""
         n = len(inputs.instruction_ids)
         baselines = [(inputs.instruction_ids, inputs.unconditional_ids)] + [
             (d, inputs.unconditional_head + d) for d in inputs.distractor_ids]
-        unconditional = [self._unconditional_logprobs(engine, ids, len(ins)) for ins, ids in baselines if pmi]
+        # The baseline's head (system prompt, "(no response)") is shared by every item: read from the
+        # prefix cache, only the instruction's tokens get logprobs.
+        head = len(inputs.unconditional_head) if baseline_cached else 0
+        unconditional = [self._unconditional_logprobs(engine, ids, len(ins), head) for ins, ids in baselines if pmi]
         prefix = len(inputs.fitted.token_ids)
         fluency = None
         if split and not inputs.needs_fluency:
@@ -247,13 +255,14 @@ class Likelihood:
                                     scored_from: int = 0) -> list[float]:
         return scored_tail(await self._prompt_logprobs(engine, token_ids, scored_from), n)
 
-    async def _unconditional_logprobs(self, engine: Engine, token_ids: list[int], n: int) -> list[float]:
+    async def _unconditional_logprobs(self, engine: Engine, token_ids: list[int], n: int,
+                                      scored_from: int = 0) -> list[float]:
         """Cached per prompt, in flight included: a batch asks for each distractor's baseline once
         per item, all at the same moment."""
         key = tuple(token_ids)
         task = self._unconditional.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._instruction_logprobs(engine, token_ids, n))
+            task = asyncio.ensure_future(self._instruction_logprobs(engine, token_ids, n, scored_from))
             self._unconditional[key] = task
             while len(self._unconditional) > 4096:
                 self._unconditional.popitem(last=False)

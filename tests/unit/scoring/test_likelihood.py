@@ -102,3 +102,13 @@ def test_likelihood_reward_with_distractors():
     # a response that makes every instruction as likely as its own: 0.5, whatever its pmi
     reward, _ = likelihood_reward(cond, uncond, 1.0, [(cond, uncond)] * 3)
     assert reward == pytest.approx(0.5)
+
+
+def test_the_pmi_baselines_are_scored_after_their_shared_head_from_the_cache():
+    engine = FakeEngine()
+    scorer = Scorer(engine, None, Settings(likelihood_distractors=1), split_prefill=False, baseline_from_cache=True)
+    asyncio.run(scorer.score([ScoreItem(INSTRUCTION, HONEST)], OPTIONS))
+    head = len(scorer.methods["likelihood"]._no_response_head)
+    baselines = [hint for call, hint in zip(engine.calls, engine.scored_from) if "(no response)" in
+                 engine.tokenizer.decode(call)]
+    assert baselines == [head, head]  # the real instruction's and the distractor's
