@@ -3,13 +3,13 @@ answer to "what was the instruction?" after the response; optionally minus the s
 response (pointwise mutual information), and minus the mean score of unrelated instructions after
 the same response (distractors). Nothing to decode or parse.
 
-Logits only where they are scored. Asking for prompt logprobs makes the engine compute the
-full-vocabulary log-softmax at every position it computes, so the response is first prefilled
-without them (one token short: the position before the instruction must be computed again for the
-instruction's first logprob), and the instructions are then scored from the prefix cache, their own
-tokens only; so is the PMI baseline, after the shared "(no response)" head. Only a response the
-text test flags as a possible keyword stuffing (guards.py) is scored from its first token on, for
-the guard's fluency figure.
+Logits only where they are scored (FLIP_LIKELIHOOD_PREFILL, on an engine that scores from its prefix
+cache). Asking for prompt logprobs makes the engine compute the full-vocabulary log-softmax at
+every position it computes, so the response is first prefilled without them (one token short: the
+position before the instruction must be computed again for the instruction's first logprob), and
+the instructions are then scored from the prefix cache, their own tokens only; so is the PMI
+baseline, after the shared "(no response)" head. Only a response the text test flags as a possible
+keyword stuffing (guards.py) is scored from its first token on, for the guard's fluency figure.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ class Likelihood:
                  baseline_from_cache: bool | None = None) -> None:
         self.fitter = fitter
         self.settings = settings
-        # None: as the engine allows (scores_from_cache); the benchmark sets them to compare the ways.
+        # None: Settings.likelihood_prefill where the engine allows it (scores_from_cache); the
+        # benchmark sets them to compare the ways.
         self.split_prefill = split_prefill
         self.baseline_from_cache = baseline_from_cache
         # log p(instruction) without a response, per instruction: a GRPO group shares it.
@@ -177,7 +178,7 @@ class Likelihood:
     async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs],
                   options: ScoreOptions) -> list[ItemResult | BaseException]:
         pmi = self.settings.likelihood_baseline == "pmi"
-        cached = scores_from_cache(engine)
+        cached = scores_from_cache(engine) and self.settings.likelihood_prefill
         split = cached if self.split_prefill is None else self.split_prefill
         baseline_cached = cached if self.baseline_from_cache is None else self.baseline_from_cache
         started = time.perf_counter()

@@ -74,14 +74,13 @@ def test_a_stuffing_candidate_is_read_from_the_response_on_and_caught():
     assert result.likelihood["response_fluency"] is not None
 
 
-def test_the_engine_says_which_way():
+@pytest.mark.parametrize("engine_can,setting,prefilled", [(True, True, True), (True, False, False),
+                                                         (False, True, False)])
+def test_the_setting_turns_the_prefill_on_where_the_engine_can(engine_can, setting, prefilled):
     engine = FakeEngine()
-    engine.scores_from_prefix_cache = True
-    _score(engine, None, [HONEST], likelihood_distractors=0)
-    assert len(engine.calls) > len(engine.scored_from)  # a generate call: the prefill
-    plain = FakeEngine()
-    _score(plain, None, [HONEST], likelihood_distractors=0)
-    assert len(plain.calls) == len(plain.scored_from)
+    engine.scores_from_prefix_cache = engine_can
+    _score(engine, None, [HONEST], likelihood_distractors=0, likelihood_prefill=setting)
+    assert (len(engine.calls) > len(engine.scored_from)) == prefilled  # a generate call: the prefill
 
 
 def test_likelihood_reward_formula():
