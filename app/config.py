@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         "subtract their mean score: a response that makes any instruction likely gains nothing. 0: off. Each "
         "costs a prefill of the instruction only (the response's is reused from vLLM's prefix cache).",
     )
+    likelihood_prefill: bool = Field(
+        False,
+        description="likelihood, in-process engine: prefill the response without logprobs, then score the "
+        "instructions (and the PMI baseline after its shared head) from the prefix cache, so logits are "
+        "computed for scored tokens only (about 38% fewer). Same rewards; one more engine request per item. "
+        "Measured 0.72x and 1.03x rewards/s on 2 CPU cores with the built-in model (bench/throughput.py "
+        "--likelihood-ab), so off; meant for large vocabularies on GPUs, where it is not measured yet.",
+    )
     max_instruction_tokens: int = Field(256, ge=8, description="Instruction tokens scored by likelihood (the rest cut).")
     copy_guard: bool = Field(
         True,

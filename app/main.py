@@ -18,7 +18,7 @@ import psutil
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import __version__, metrics
 from app.api import health, reward
 from app.api import compat, rank
 from app.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
@@ -118,7 +118,7 @@ def create_app(
         title="flip-reward",
         description="FLIP rewards: a small model infers the instruction behind a response; "
         "the reward is how close that inferred instruction is to the real one.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.service = service

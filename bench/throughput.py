@@ -1,15 +1,22 @@
 """Throughput of the service against the naive FLIP pipeline and the raw vLLM engine, in one run.
 
     .venv/bin/python bench/throughput.py [--items 256] [--naive-items 16]
+    .venv/bin/python bench/throughput.py --likelihood-ab [--ab-items 128] [--concurrency 64]
 
 Phases (same machine, same model, same prompts, same settings):
-  raw     vLLM's offline LLM.generate on all prompts in one call + the same similarity step (ceiling)
+  raw     the service's own scoring (app/scoring: copy guard, prepare, run) on the in-process engine,
+          all items in one call: the service minus HTTP and its micro-batcher (ceiling)
   naive   the reference FLIP pipeline: transformers generate, one sample at a time, then word F1
   c1..c64 the service: N concurrent single /reward requests (closed loop) from an async httpx client
   batch   the service: /batch_reward with all items in one request, and in chunks of 32
   burst   2,000 single requests at once against a queue bound of 256: reward or 429, never 5xx
 Each service phase gets items the service has not seen (so vLLM's prefix cache only helps with
 the shared system prompt, as in training); the raw engine gets the same items as c64.
+--likelihood-ab: the likelihood method before (every instruction in one request, the real one from the
+response on) and after (the response prefilled without logprobs, the instructions scored from the
+prefix cache) on one engine, as 64 concurrent singles, in interleaved rounds: rewards/s, prompt
+tokens computed with logprobs per reward, engine requests per reward, and whether the rewards are
+identical.
 Prints a table and writes JSON to bench/results/.
 """
 
@@ -70,122 +77,192 @@ def take(pairs: list[dict], start: int, n: int) -> list[dict]:
     return [pairs[(start + i) % len(pairs)] for i in range(n)]
 
 
-# --- raw engine and naive pipeline (each in a subprocess of its own: one engine in memory at a time)
+# --- the shipped pipeline without HTTP (raw ceiling, likelihood before/after) and the naive one,
+# each in a subprocess of its own: one engine in memory at a time
 
 
-def _scorer(tokenizer, settings):
-    from types import SimpleNamespace
+def score_options(settings, method: str | None = None):
+    """The options a request without any gets (app/api/reward.py's score_options)."""
+    from app.scoring.scorer import ScoreOptions
 
-    from app.scoring.scorer import Scorer
-
-    return Scorer(SimpleNamespace(tokenizer=tokenizer, max_model_len=settings.max_model_len), None, settings)
-
-
-def _prepared_prompts(items: list[dict], tokenizer, settings):
-    """The service's own reconstruction prompts (method generate) as token ids."""
-    from app.scoring.scorer import ScoreItem
-
-    scorer = _scorer(tokenizer, settings)
-    items = [ScoreItem(i["prompt"], i["response"]) for i in items]
-    if settings.copy_guard:
-        items = [scorer.apply_copy_guard(item)[0] for item in items]
-    return [scorer.prepare_generate(item, settings.prompt_mode) for item in items]
+    return ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode,
+                        method=method or settings.method, copy_guard=settings.copy_guard,
+                        distractors=settings.likelihood_distractors)
 
 
-def _similarity(items: list[dict], raw_outputs: list[str], settings, embedder=None) -> list[float]:
-    from app.scoring.parse import parse_direct, parse_instruction
-    from app.scoring.similarity import hybrid, paired_cosine_01, word_f1
+async def score_raw(engine, embedder, settings, items: list[dict], split_prefill: bool | None = None) -> list:
+    """The service's own scoring (copy guard, the method's prepare and run, the same arithmetic) on
+    every item in one call: the service minus HTTP and its micro-batcher."""
+    from app.scoring.scorer import ScoreItem, Scorer
 
-    parse = parse_instruction if settings.prompt_mode == "paper" else parse_direct
-    inferred = [parse(raw).instruction or "" for raw in raw_outputs]
-    f1 = [word_f1(a, i["prompt"]) for a, i in zip(inferred, items)]
-    if embedder is None:
-        return f1
-    cos = paired_cosine_01(embedder.encode(inferred), embedder.encode([i["prompt"] for i in items]))
-    return [hybrid(f, float(c), settings.hybrid_weight) for f, c in zip(f1, cos)]
+    scorer = Scorer(engine, embedder, settings, split_prefill)
+    return await scorer.score([ScoreItem(i["prompt"], i["response"], id=i.get("id")) for i in items],
+                              score_options(settings))
 
 
-def _raw_generate(llm, items: list[dict], settings, embedder) -> tuple[list[float], int]:
-    from vllm import SamplingParams
+class LogprobCounter:
+    """An engine as it is, counting the prompt positions it computed logprobs for (the full-vocabulary
+    log-softmax the likelihood method pays for)."""
 
-    prepared = _prepared_prompts(items, llm.get_tokenizer(), settings)
-    outs = llm.generate([{"prompt_token_ids": p.token_ids} for p in prepared],
-                        SamplingParams(max_tokens=settings.max_tokens, temperature=0.0), use_tqdm=False)
-    rewards = _similarity(items, [p.answer_prefix + o.outputs[0].text for p, o in zip(prepared, outs)],
-                          settings, embedder)
-    return rewards, sum(len(o.outputs[0].token_ids) for o in outs)
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.logprob_positions = 0
+        self.requests = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    async def generate(self, prompt_token_ids: list[int], params):
+        self.requests += 1
+        return await self._engine.generate(prompt_token_ids, params)
+
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+        self.requests += 1
+        logprobs = await self._engine.prompt_logprobs(prompt_token_ids, scored_from)
+        self.logprob_positions += sum(lp is not None for lp in logprobs)
+        return logprobs
 
 
-def _raw_likelihood(llm, items: list[dict], settings) -> tuple[list[float], int]:
-    """The service's likelihood prompts in two engine calls: the real instructions (with the PMI
-    baselines, each distinct one once), then the distractors, read from the prefix cache."""
-    from app.engines.vllm_local import cache_reached, prompt_logprob_params, read_prompt_logprobs
-    from app.scoring.scorer import ScoreItem, likelihood_reward
+def _start_engine(settings):
+    from app.service import load_embedder, load_vllm_engine
 
-    scorer = _scorer(llm.get_tokenizer(), settings)
-    guarded = [scorer.apply_copy_guard(ScoreItem(i["prompt"], i["response"]))[0] if settings.copy_guard
-               else ScoreItem(i["prompt"], i["response"]) for i in items]
-    prepared = [scorer.prepare_likelihood(item) for item in guarded]
-    pmi = settings.likelihood_baseline == "pmi"
-    baselines = list(dict.fromkeys(
-        tuple(ids) for p in prepared for ids in [p.unconditional_ids] + [p.unconditional_head + d for d in p.distractor_ids]
-    )) if pmi else []
-
-    def logprobs(prompts: list[list[int]], cached: bool) -> list:
-        return llm.generate([{"prompt_token_ids": ids} for ids in prompts], prompt_logprob_params(cached),
-                            use_tqdm=False)
-
-    def tail(out, n: int) -> list[float]:
-        return read_prompt_logprobs(out)[-n:]
-
-    outs = logprobs([p.conditional_ids for p in prepared] + [list(b) for b in baselines], cached=False)
-    by_baseline = dict(zip(baselines, outs[len(prepared):]))
-    distractor_prompts = [(p, d) for p in prepared for d in p.distractor_ids]
-    distractor_outs = logprobs([p.fitted.token_ids + d for p, d in distractor_prompts], cached=True)
-    redo = [k for k, ((p, _), out) in enumerate(zip(distractor_prompts, distractor_outs))
-            if cache_reached(out, len(p.fitted.token_ids))]
-    for k, out in zip(redo, logprobs([distractor_outs[k].prompt_token_ids for k in redo], cached=False)):
-        distractor_outs[k] = out
-    distractor_tails = iter(tail(out, len(d)) for (_, d), out in zip(distractor_prompts, distractor_outs))
-    rewards = []
-    for out, p in zip(outs, prepared):
-        n = len(p.instruction_ids)
-        uncond = tail(by_baseline[tuple(p.unconditional_ids)], n) if pmi else None
-        distractors = [(next(distractor_tails),
-                        tail(by_baseline[tuple(p.unconditional_head + d)], len(d)) if pmi else None)
-                       for d in p.distractor_ids]
-        rewards.append(likelihood_reward(tail(out, n), uncond, settings.likelihood_scale, distractors)[0])
-    return rewards, 0
+    return load_vllm_engine(settings), load_embedder(settings)
 
 
 def run_raw(items: list[dict]) -> dict:
     from app.config import Settings
-    from app.embeddings.encoder import Embedder
-    from app.models import resolve_embedding_model, resolve_llm
 
     settings = Settings()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(settings.cpu_reserved_cores))
-    from vllm import LLM
-    from vllm.platforms import current_platform
 
-    from app.engines.vllm_local import resolve_dtype, resolve_enforce_eager
+    async def main() -> dict:
+        engine, embedder = await asyncio.to_thread(_start_engine, settings)
+        embedder.encode(["warm up"])
+        try:
+            started = time.perf_counter()
+            results = await score_raw(engine, embedder, settings, items)
+            seconds = time.perf_counter() - started
+        finally:
+            await engine.shutdown()
+        rewards = [r.reward for r in results if r.reward is not None]
+        return {"items": len(items), "seconds": seconds, "rewards_per_s": len(items) / seconds,
+                "tokens_per_reward": sum(r.completion_tokens for r in results) / len(items),
+                "mean_reward": statistics.fmean(rewards)}
 
-    eager = resolve_enforce_eager(settings.enforce_eager, current_platform.is_cpu())
-    llm = LLM(model=resolve_llm(settings.model, settings.cache_dir), max_model_len=settings.max_model_len,
-              dtype=resolve_dtype(settings.dtype), enforce_eager=eager,
-              max_num_seqs=settings.max_num_seqs, seed=settings.seed, enable_prefix_caching=True,
-              block_size=settings.kv_block_size, gpu_memory_utilization=settings.gpu_memory_utilization)
-    embedder = Embedder(resolve_embedding_model(settings.embedding_model), device=settings.embedding_device)
-    embedder.encode(["warm up"])
+    return asyncio.run(main())
+
+
+async def _singles_in_process(scorer, items: list[dict], options, concurrency: int) -> tuple[float, list]:
+    """`concurrency` callers, each scoring one item at a time (closed loop), as trainers send singles."""
+    from app.scoring.scorer import ScoreItem
+
+    queue, results = list(enumerate(items))[::-1], [None] * len(items)
+
+    async def worker() -> None:
+        while queue:
+            k, item = queue.pop()
+            (results[k],) = await scorer.score([ScoreItem(item["prompt"], item["response"], id=item["id"])], options)
+
     started = time.perf_counter()
-    if settings.method == "likelihood":
-        rewards, tokens = _raw_likelihood(llm, items, settings)
-    else:
-        rewards, tokens = _raw_generate(llm, items, settings, embedder)
-    seconds = time.perf_counter() - started
-    return {"items": len(items), "seconds": seconds, "rewards_per_s": len(items) / seconds,
-            "tokens_per_reward": tokens / len(items), "mean_reward": statistics.fmean(rewards)}
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, results
+
+
+# (split_prefill, baseline_from_cache): before is the old way (every request computed whole but for
+# the system prompt); "cached baseline" reads the PMI baseline's shared head from the prefix cache;
+# after also prefills the response without logprobs and scores the instructions from the cache.
+LIKELIHOOD_ARMS = {"before": (False, False), "cached baseline": (False, True), "after": (True, True)}
+ARM_LABELS = {"before": "before: one request per instruction", "cached baseline": "+ PMI baseline from cache",
+              "after": "after: + prefill, then from cache"}
+
+
+def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int = 64) -> dict:
+    """The likelihood method before (every instruction in one request, the real one from the response
+    on) and after (the response prefilled without logprobs, the instructions scored from the prefix
+    cache), on one engine: rounds of `round_items` items, each scored by both arms as `concurrency`
+    concurrent singles, the order alternating and the prefix cache emptied before each, so the
+    machine's load changes hit both arms alike."""
+    from app.config import Settings
+    from app.scoring.scorer import Scorer
+
+    settings = Settings(method="likelihood")
+    options = score_options(settings)
+
+    async def main() -> dict:
+        engine, _ = await asyncio.to_thread(_start_engine, settings)
+        counter = LogprobCounter(engine)
+        scorers = {arm: Scorer(counter, None, settings, *ways) for arm, ways in LIKELIHOOD_ARMS.items()}
+        totals = {arm: {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "rewards": [], "rounds": []}
+                  for arm in scorers}
+        try:
+            for scorer in scorers.values():  # warm-up, not measured
+                await _singles_in_process(scorer, items[-4:], options, 4)
+            rounds = [items[k:k + round_items] for k in range(0, len(items) - 4, round_items)]
+            for r, chunk in enumerate(rounds):
+                for arm in (list(scorers) if r % 2 == 0 else list(scorers)[::-1]):  # ABC CBA: drift hits all
+                    await engine._llm.reset_prefix_cache()
+                    positions, requests = counter.logprob_positions, counter.requests
+                    seconds, results = await _singles_in_process(scorers[arm], chunk, options, concurrency)
+                    t = totals[arm]
+                    t["seconds"] += seconds
+                    t["rounds"].append({"round": r, "items": len(chunk), "seconds": seconds})
+                    t["logprob_positions"] += counter.logprob_positions - positions
+                    t["requests"] += counter.requests - requests
+                    t["rewards"] += [res.reward for res in results]
+                    print(f"round {r} {arm}: {len(chunk)} items in {seconds:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            await engine.shutdown()
+        n = len(totals["before"]["rewards"])
+        out: dict = {"items": n, "concurrency": concurrency, "rounds": len(rounds)}
+        for arm, t in totals.items():
+            out[arm] = {"items": n, "seconds": t["seconds"], "rewards_per_s": n / t["seconds"],
+                        "logprob_tokens_per_reward": t["logprob_positions"] / n,
+                        "engine_requests_per_reward": t["requests"] / n, "rounds": t["rounds"]}
+        for arm in scorers:
+            pairs = list(zip(totals["before"]["rewards"], totals[arm]["rewards"]))
+            out[arm]["max_abs_reward_diff"] = max(abs(a - b) for a, b in pairs if None not in (a, b))
+            out[arm]["rewards_identical"] = sum(a == b for a, b in pairs)
+            out[arm]["speedup"] = out[arm]["rewards_per_s"] / out["before"]["rewards_per_s"]
+        return out
+
+    return asyncio.run(main())
+
+
+def likelihood_ab_table(ab: dict) -> str:
+    header = f"{'likelihood, ' + str(ab['concurrency']) + ' concurrent singles':<40}{'items':>6}{'rewards/s':>11}" \
+             f"{'logprob tok/reward':>20}{'requests/reward':>17}{'per round, s':>14}{'/before':>9}" \
+             f"{'same rewards':>14}{'max |diff|':>12}"
+    lines = [header, "-" * len(header)]
+    for arm, label in ARM_LABELS.items():
+        r = ab[arm]
+        per_round = " ".join(f"{x['seconds']:.0f}" for x in r["rounds"])
+        lines.append(f"{label:<40}{r['items']:>6}{r['rewards_per_s']:>11.2f}{r['logprob_tokens_per_reward']:>20.1f}"
+                     f"{r['engine_requests_per_reward']:>17.2f}{per_round:>14}{r['speedup']:>8.2f}x"
+                     f"{str(r['rewards_identical']) + '/' + str(r['items']):>14}{r['max_abs_reward_diff']:>12.3g}")
+    lines.append(f"({ab['rounds']} rounds of {ab['items'] // ab['rounds']} items, the arms' order reversed each round; "
+                 "the prefix cache emptied before each arm)")
+    return "\n".join(lines)
+
+
+def _naive_prompts(items: list[dict], tokenizer, settings):
+    """The service's own reconstruction prompts (method generate) as token ids, after its copy guard."""
+    from app.scoring.fitting import PromptFitter
+    from app.scoring.methods.generate import Generate
+    from app.scoring.scorer import ScoreItem, apply_copy_guard
+
+    fitter = PromptFitter(tokenizer, settings.max_model_len, settings.strip_think)
+    items = [ScoreItem(i["prompt"], i["response"]) for i in items]
+    if settings.copy_guard:
+        items = [apply_copy_guard(item, fitter, settings.copy_guard_words)[0] for item in items]
+    method, options = Generate(fitter, settings, None), score_options(settings, "generate")
+    return [method.prepare(item, options) for item in items]
+
+
+def _similarity(items: list[dict], raw_outputs: list[str], settings) -> list[float]:
+    from app.scoring.parse import parse_direct, parse_instruction
+    from app.scoring.similarity import word_f1
+
+    parse = parse_instruction if settings.prompt_mode == "paper" else parse_direct
+    return [word_f1(parse(raw).instruction or "", i["prompt"]) for raw, i in zip(raw_outputs, items)]
 
 
 def run_naive(items: list[dict]) -> dict:
@@ -200,7 +277,7 @@ def run_naive(items: list[dict]) -> dict:
     path = resolve_llm(settings.model, settings.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).eval()
-    prepared = _prepared_prompts(items, tokenizer, settings)
+    prepared = _naive_prompts(items, tokenizer, settings)
     started = time.perf_counter()
     raw, tokens = [], 0
     with torch.inference_mode():
@@ -217,11 +294,11 @@ def run_naive(items: list[dict]) -> dict:
             "tokens_per_reward": tokens / len(items), "mean_reward": statistics.fmean(rewards)}
 
 
-def in_subprocess(phase: str, items: list[dict]) -> dict:
+def in_subprocess(phase: str, items: list[dict], **params) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     job = RESULTS / f".{phase}-items.json"
     result = RESULTS / f".{phase}-result.json"
-    job.write_text(json.dumps(items))
+    job.write_text(json.dumps({"items": items, "params": params}))
     result.unlink(missing_ok=True)
     out = subprocess.run([sys.executable, __file__, "--phase", phase, "--job", str(job)],
                          capture_output=True, text=True, cwd=ROOT)
@@ -376,6 +453,22 @@ def run_burst_only(method: str | None) -> None:
     print(f"wrote {out}")
 
 
+def run_likelihood_ab_only(args: argparse.Namespace) -> None:
+    pairs = load_pairs()
+    items = take(pairs, 0, args.ab_items + 4)  # the last 4: the warm-up
+    print(f"likelihood before/after: {args.ab_items} items, {args.concurrency} concurrent singles, "
+          f"rounds of {args.round_items}", flush=True)
+    ab = in_subprocess("likelihood_ab", items, concurrency=args.concurrency, round_items=args.round_items)
+    table = likelihood_ab_table(ab)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"likelihood-ab-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "machine": platform.platform(), "cpus": os.cpu_count(), "seed": SEED,
+                               "likelihood_ab": ab, "table": table}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=256, help="items per service phase (and for the raw engine)")
@@ -385,16 +478,26 @@ def main() -> None:
                         help="how the service and the raw engine score (default: the server's default)")
     parser.add_argument("--burst-only", action="store_true",
                         help="only the burst, after a warm-up of 32 singles (a quick backpressure check)")
+    parser.add_argument("--likelihood-ab", action="store_true",
+                        help="only the likelihood method before/after (one request per instruction vs a prefill "
+                        "first), in one engine process, interleaved")
+    parser.add_argument("--ab-items", type=int, default=128, help="items each likelihood arm scores")
+    parser.add_argument("--round-items", type=int, default=64, help="items per interleaved likelihood round")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent singles in the likelihood rounds")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:  # a subprocess phase: items in, one JSON line out
-        items = json.loads(Path(args.job).read_text())
-        data = {"raw": run_raw, "naive": run_naive}[args.phase](items)
+        job = json.loads(Path(args.job).read_text())
+        phases = {"raw": run_raw, "naive": run_naive, "likelihood_ab": run_likelihood_ab}
+        data = phases[args.phase](job["items"], **job["params"])
         Path(args.job).with_name(f".{args.phase}-result.json").write_text(json.dumps(data))
         return
     if args.burst_only:
         run_burst_only(args.method)
+        return
+    if args.likelihood_ab:
+        run_likelihood_ab_only(args)
         return
 
     from app.config import Settings
@@ -418,6 +521,9 @@ def main() -> None:
     # with every core bound by both, the raw engine aborted while the server idled).
     print("raw engine (LLM.generate, one call) ...", flush=True)
     results["raw_engine"] = in_subprocess("raw", sets["c64"])
+    if settings.method == "likelihood":
+        print("likelihood before/after (in process, 64 concurrent singles) ...", flush=True)
+        results["likelihood_ab"] = in_subprocess("likelihood_ab", sets["c64"] + take(pairs, 6 * n, 4))
     server = Server(RESULTS / "server.log")
     try:
         server.wait_ready()
@@ -459,6 +565,8 @@ def main() -> None:
     engine = results["service_info"]["engine"]
     lines.append(f"prefix cache: {engine['prefix_cache']['hits']} of {engine['prefix_cache']['queries']} prompt "
                  f"tokens reused; embedding cache: {results['service_info']['embedding_cache']}")
+    if "likelihood_ab" in results:
+        lines.append(likelihood_ab_table(results["likelihood_ab"]))
     table = "\n".join(lines)
     print(table)
 

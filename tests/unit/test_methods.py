@@ -4,58 +4,9 @@ import math
 
 import pytest
 
-from app.scoring.guards import (
-    copied_spans,
-    instruction_word_share,
-    is_keyword_stuffing,
-    remove_copied,
-)
 from app.scoring.parse import parse_judge_score
 
 INSTRUCTION = "Write a short poem about the autumn rain in the city"
-
-
-def test_copied_spans_are_found_in_the_response():
-    response = "Sure! You asked: write a short poem about the autumn rain. Here it is."
-    spans = copied_spans(INSTRUCTION, response, min_words=3)
-    assert [response[s:e] for s, e in spans] == ["write a short poem about the autumn rain"]
-
-
-def test_remove_copied_keeps_what_the_response_adds():
-    response = "Sure! You asked: write a short poem about the autumn rain. Grey drops drum on tin roofs."
-    kept, share = remove_copied(INSTRUCTION, response)
-    assert kept == "Sure! You asked: . Grey drops drum on tin roofs."
-    assert 0.4 < share < 0.6
-    restated, share = remove_copied(INSTRUCTION, "Here is my answer to your request: " + INSTRUCTION)
-    assert share > 0.6 and "poem" not in restated
-
-
-def test_a_copy_with_the_small_words_dropped_is_still_a_copy():
-    response = "As I understand it: write short poem autumn rain city. Done."
-    kept, share = remove_copied(INSTRUCTION, response)
-    assert "poem" not in kept and share > 0.5
-    # a copied phrase of small words: every word counts too
-    assert remove_copied("Who are you?", "You ask: who are you? I am a model.")[0] == "You ask: ? I am a model."
-
-
-def test_no_copy_in_an_honest_answer():
-    response = "Grey drops drum on tin roofs; umbrellas bloom along wet streets."
-    assert copied_spans(INSTRUCTION, response) == []
-    assert remove_copied(INSTRUCTION, response) == (response, 0.0)
-
-
-def test_keyword_stuffing_needs_both_instruction_words_and_implausible_order():
-    stuffed = "poem autumn rain city poem short write rain autumn city poem " * 2
-    assert instruction_word_share(INSTRUCTION, stuffed) == 1.0
-    assert is_keyword_stuffing(INSTRUCTION, stuffed, fluency=-7.0)
-    # the same words read fluently (a rewrite of the instruction's own text) are not stuffing
-    assert not is_keyword_stuffing(INSTRUCTION, stuffed, fluency=-2.5)
-    honest = "Grey drops drum on tin roofs; umbrellas bloom along wet city streets."
-    assert instruction_word_share(INSTRUCTION, honest) < 0.2
-    assert not is_keyword_stuffing(INSTRUCTION, honest, fluency=-7.0)
-    assert not is_keyword_stuffing(INSTRUCTION, stuffed, fluency=None)
-    # a short answer picked out of the instruction is not stuffing, however oddly it reads
-    assert not is_keyword_stuffing(INSTRUCTION, "autumn rain", fluency=-7.0)
 
 
 @pytest.mark.parametrize(
@@ -88,30 +39,6 @@ def test_restating_the_instruction_earns_nothing_under_the_guard(client):
     honest = _reward(client, "Grey drops drum on tin roofs across the city", method="likelihood")
     restated = _reward(client, "Sure! Here is my answer to your request: " + INSTRUCTION, method="likelihood")
     assert restated["copied_fraction"] > 0.5 and restated["reward"] < honest["reward"]
-
-
-def test_likelihood_reward_formula():
-    from app.scoring.scorer import likelihood_reward
-
-    cond, uncond = [-1.0, -2.0, -3.0], [-2.0, -2.0, -5.0]
-    reward, details = likelihood_reward(cond, uncond, scale=1.0)
-    assert details["pmi"] == pytest.approx(1.0) and reward == pytest.approx(1 / (1 + math.exp(-1.0)))
-    assert details["scored_tokens"] == 3
-    reward, details = likelihood_reward(cond, None, scale=2.0)
-    assert reward == pytest.approx(math.exp(-2.0 / 2.0)) and "pmi" not in details
-
-
-def test_likelihood_reward_with_distractors():
-    from app.scoring.scorer import likelihood_reward
-
-    cond, uncond = [-1.0, -2.0, -3.0], [-2.0, -2.0, -5.0]  # pmi 1.0
-    distractors = [([-4.0], [-4.0]), ([-2.0, -2.0], [-3.0, -3.0])]  # pmi 0.0 and 1.0: mean 0.5
-    reward, details = likelihood_reward(cond, uncond, 1.0, distractors)
-    assert details["distractor_score"] == pytest.approx(0.5) and details["contrast"] == pytest.approx(0.5)
-    assert reward == pytest.approx(1 / (1 + math.exp(-0.5)))
-    # a response that makes every instruction as likely as its own: 0.5, whatever its pmi
-    reward, _ = likelihood_reward(cond, uncond, 1.0, [(cond, uncond)] * 3)
-    assert reward == pytest.approx(0.5)
 
 
 def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(client, fake_engine):

@@ -1,0 +1,43 @@
+"""What the scorer takes in and gives back, one item at a time; shared by every scoring method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config import Method, PromptMode, Similarity
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    instruction: str
+    response: str
+    context: tuple[dict[str, str], ...] = ()
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    similarity: Similarity
+    prompt_mode: PromptMode
+    method: Method = "likelihood"  # the server's default (Settings.method)
+    copy_guard: bool = True
+    # likelihood: unrelated instructions to contrast with; None: Settings.likelihood_distractors
+    distractors: int | None = None
+
+
+@dataclass
+class ItemResult:
+    id: str | None
+    method: Method = "likelihood"
+    reward: float | None = None
+    inferred_instruction: str | None = None
+    similarities: dict[str, float] | None = None
+    likelihood: dict[str, float | int | None] | None = None
+    judge_score: int | None = None
+    copied_fraction: float | None = None
+    parsed: bool | None = None
+    truncated: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    raw_output: str | None = None
+    error: str | None = None

@@ -1,0 +1,84 @@
+"""generate (the paper): clean the response -> reconstruction prompt -> fit it into the context ->
+the engine generates -> parse the inferred instruction -> similarity with the real one."""
+
+from __future__ import annotations
+
+import time
+
+from app import metrics
+from app.config import Settings
+from app.embeddings.encoder import Embedder
+from app.engines.base import Engine, GenerationParams
+from app.scoring.constraints import paper_output_regex
+from app.scoring.fitting import Fitted, PromptFitter
+from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
+from app.scoring.methods.engine_calls import gather, timed_generate
+from app.scoring.parse import parse_direct, parse_instruction
+from app.scoring.prompts import build_reconstruction_prompt
+from app.scoring.similarity import hybrid, paired_cosine_01, word_f1
+
+
+class Generate:
+    def __init__(self, fitter: PromptFitter, settings: Settings, embedder: Embedder | None) -> None:
+        self.fitter = fitter
+        self.settings = settings
+        self.embedder = embedder
+
+    def prepare(self, item: ScoreItem, options: ScoreOptions) -> Fitted:
+        """The reconstruction prompt for `item` as token ids, leaving room for the output."""
+        mode = options.prompt_mode
+        budget = self.fitter.max_model_len - self.settings.max_tokens
+        return self.fitter.fit(lambda response, context: build_reconstruction_prompt(response, context, mode),
+                               item, budget)
+
+    def params(self, fitted: Fitted, options: ScoreOptions) -> GenerationParams:
+        constrain = self.settings.structured_output and options.prompt_mode == "paper"
+        return GenerationParams(
+            max_tokens=self.settings.max_tokens,
+            temperature=self.settings.temperature,
+            seed=self.settings.seed,
+            stop=fitted.stop,
+            regex=paper_output_regex(fitted.answer_prefix) if constrain else None,
+        )
+
+    async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[Fitted],
+                  options: ScoreOptions) -> list[ItemResult | BaseException]:
+        mode = options.prompt_mode
+        outputs = await gather([timed_generate(engine, f.token_ids, self.params(f, options)) for f in prepared])
+        results: list[ItemResult | BaseException] = []
+        scored: list[tuple[ScoreItem, ItemResult]] = []  # the ones with an instruction to compare
+        for item, fitted, out in zip(items, prepared, outputs):
+            if isinstance(out, BaseException):
+                results.append(out)
+                continue
+            result = ItemResult(id=item.id, truncated=fitted.truncated)
+            results.append(result)
+            raw = fitted.answer_prefix + out.text
+            parsed = parse_instruction(raw) if mode == "paper" else parse_direct(raw)
+            result.raw_output = raw
+            result.prompt_tokens, result.completion_tokens = out.prompt_tokens, out.completion_tokens
+            result.parsed, result.inferred_instruction = parsed.parsed, parsed.instruction
+            if not parsed.parsed:
+                metrics.PARSE_FAILURES.inc()
+            if not parsed.instruction:
+                result.error = "the model produced no text to compare"
+                continue
+            scored.append((item, result))
+        if scored:
+            await self._similarities([item for item, _ in scored], [result for _, result in scored], options)
+        return results
+
+    async def _similarities(self, items: list[ScoreItem], results: list[ItemResult], options: ScoreOptions) -> None:
+        assert self.embedder is not None, "generate needs an embedder"
+        started = time.perf_counter()
+        inferred = await self.embedder.aencode([r.inferred_instruction or "" for r in results])
+        # The real instruction repeats across a GRPO group: cached.
+        real = await self.embedder.aencode([item.instruction for item in items], cached=True)
+        cosines = paired_cosine_01(inferred, real)
+        for item, result, cosine in zip(items, results, cosines):
+            f1 = word_f1(result.inferred_instruction or "", item.instruction)
+            sims = {"f1": f1, "embedding": float(cosine)}
+            sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
+            result.similarities = sims
+            result.reward = sims[options.similarity]
+        metrics.SIMILARITY_LATENCY.observe(time.perf_counter() - started)
