@@ -12,8 +12,10 @@ Three methods, all served by the same engine:
 - judge: the LLM-as-a-judge baseline, a 1-10 score from the same model.
 
 All items of a batch go to the engine at once, so they share its continuous batching.
-Nothing here knows about HTTP. A per-item failure becomes `reward=None` with an `error`;
-a dead engine raises EngineUnavailable for the whole batch.
+Nothing here knows about HTTP. Content that cannot earn a reward (empty, only <think>, only
+copies of the instruction) gets the floor reward with its `unscorable` reason; a per-item failure
+becomes `reward=None` with an `error` and its `code` (app/scoring/outcomes.py); a dead engine
+raises EngineUnavailable for the whole batch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from app.embeddings.encoder import Embedder
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
 from app.scoring import guards
 from app.scoring.constraints import paper_output_regex
+from app.scoring.outcomes import ItemErrorCode, UnscorableReason, unscorable_reason
 from app.scoring.parse import parse_direct, parse_instruction, parse_judge_score, strip_think
 from app.scoring.prompts import (
     DISTRACTOR_INSTRUCTIONS,
@@ -85,6 +88,8 @@ class ItemResult:
     completion_tokens: int = 0
     raw_output: str | None = None
     error: str | None = None
+    code: ItemErrorCode | None = None  # set with `error`
+    unscorable: UnscorableReason | None = None  # set with the floor reward
 
 
 @dataclass
@@ -97,6 +102,7 @@ class _Fitted:
     context: list[dict[str, str]] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+    code: ItemErrorCode | None = None
     stop: tuple[str, ...] = ()
     text: str = ""  # the rendered prompt, and each token's character span in it
     offsets: list[tuple[int, int]] = field(default_factory=list)
@@ -169,10 +175,6 @@ def _scored_tail(logprobs: list[float | None], n: int) -> list[float]:
     return tail
 
 
-def _has_words(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
-
-
 class Scorer:
     def __init__(self, engine: Engine, embedder: Embedder, settings: Settings) -> None:
         self.engine = engine
@@ -201,7 +203,7 @@ class Scorer:
         first, then cut the tail of the response (its opening says most about what was asked)."""
         response = self._clean(item.response)
         if not response:
-            return _Fitted(error="response is empty after removing <think> blocks")
+            return _Fitted(error="response is empty after removing <think> blocks", code="no_output")
         context = list(item.context)
         truncated = False
         while True:
@@ -217,7 +219,8 @@ class Scorer:
             response_ids = self.engine.tokenizer.encode(response, add_special_tokens=False)
             keep = len(response_ids) - (len(ids) - budget) - _FIT_MARGIN
             if keep <= 0:
-                return _Fitted(error="the prompt does not fit the model's context even without the response")
+                return _Fitted(error="the prompt does not fit the model's context even without the response",
+                               code="context_overflow")
             response = self.engine.tokenizer.decode(response_ids[:keep])
 
     def apply_copy_guard(self, item: ScoreItem) -> tuple[ScoreItem, float]:
@@ -236,20 +239,20 @@ class Scorer:
         guard = options.copy_guard and options.method != "judge"
         guarded = await asyncio.to_thread(lambda: [self.apply_copy_guard(item) for item in items]) if guard else []
         to_score = [item for item, _ in guarded] if guard else items
-        only_copies = {i for i, (item, copied) in enumerate(guarded) if copied > 0 and not _has_words(item.response)}
-        todo = [i for i in range(len(items)) if i not in only_copies]
-        scored = await method[options.method]([to_score[i] for i in todo], options)
-        results = [ItemResult(id=item.id, reward=0.0) for item in items]  # 0.0 stays for the all-copy ones
+        # Nothing to read (empty, only <think>, only copies): the floor reward, with the reason.
+        floor = [unscorable_reason(item.response, self.settings.strip_think,
+                                   *((guarded[i][0].response, guarded[i][1]) if guard else ()))
+                 for i, item in enumerate(items)]
+        todo = [i for i in range(len(items)) if floor[i] is None]
+        scored = await method[options.method]([to_score[i] for i in todo], options) if todo else []
+        results = [ItemResult(id=item.id, reward=self.settings.unscorable_reward, unscorable=reason)
+                   for item, reason in zip(items, floor)]
         for i, result in zip(todo, scored):
             results[i] = result
         for result, (_, copied) in zip(results, guarded):
             result.copied_fraction = copied
         for result in results:
             result.method = options.method
-            if result.error:
-                metrics.ITEM_ERRORS.labels(type=result.error.split(":")[0]).inc()
-            else:
-                metrics.REWARDS.observe(result.reward)
             if result.truncated:
                 metrics.TRUNCATED_ITEMS.inc()
         return results
@@ -275,7 +278,8 @@ class Scorer:
     async def _generate_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         mode = options.prompt_mode
         fitted = await asyncio.to_thread(lambda: [self.prepare_generate(item, mode) for item in items])
-        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
+        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error, code=f.code)
+                   for item, f in zip(items, fitted)]
         todo = [i for i, f in enumerate(fitted) if f.error is None]
         constrain = self.settings.structured_output and mode == "paper"
 
@@ -295,7 +299,7 @@ class Scorer:
             result = results[i]
             if isinstance(out, BaseException):
                 log.warning("engine failed on item %d: %r", i, out)
-                result.error = f"engine error: {type(out).__name__}"
+                result.error, result.code = f"engine error: {type(out).__name__}", "engine_error"
                 continue
             raw = fitted[i].answer_prefix + out.text
             parsed = parse_instruction(raw) if mode == "paper" else parse_direct(raw)
@@ -305,7 +309,7 @@ class Scorer:
             if not parsed.parsed:
                 metrics.PARSE_FAILURES.inc()
             if not parsed.instruction:
-                result.error = "the model produced no text to compare"
+                result.error, result.code = "the model produced no text to compare", "no_output"
                 continue
             scored.append(i)
         if scored:
@@ -336,7 +340,7 @@ class Scorer:
     def prepare_likelihood(self, item: ScoreItem, distractors: int | None = None) -> LikelihoodInputs:
         instruction_ids = self._instruction_ids(item.instruction)
         if not instruction_ids:
-            return LikelihoodInputs(_Fitted(error="the instruction is empty"), [], [], (0, 0))
+            return LikelihoodInputs(_Fitted(error="the instruction is empty", code="empty_instruction"), [], [], (0, 0))
         k = self.settings.likelihood_distractors if distractors is None else distractors
         distractor_ids = self._distractor_ids[:k]
         longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])
@@ -420,7 +424,7 @@ class Scorer:
     async def _likelihood_all(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         guard = options.copy_guard
         prepared = await asyncio.to_thread(lambda: [self.prepare_likelihood(item, options.distractors) for item in items])
-        results = [ItemResult(id=item.id, truncated=p.fitted.truncated, error=p.fitted.error)
+        results = [ItemResult(id=item.id, truncated=p.fitted.truncated, error=p.fitted.error, code=p.fitted.code)
                    for item, p in zip(items, prepared)]
         todo = [i for i, p in enumerate(prepared) if p.fitted.error is None]
         pmi = self.settings.likelihood_baseline == "pmi"
@@ -431,7 +435,7 @@ class Scorer:
             result, inputs = results[i], prepared[i]
             if isinstance(out, BaseException):
                 log.warning("engine failed on item %d: %r", i, out)
-                result.error = f"engine error: {type(out).__name__}"
+                result.error, result.code = f"engine error: {type(out).__name__}", "engine_error"
                 continue
             logprobs, [(cond, uncond), *distractors] = out
             result.prompt_tokens = len(inputs.conditional_ids)
@@ -458,14 +462,15 @@ class Scorer:
             return self._fit(lambda r, c: build_judge_prompt(item.instruction, r, c), item, budget)
 
         fitted = await asyncio.to_thread(lambda: [fit(item) for item in items])
-        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error) for item, f in zip(items, fitted)]
+        results = [ItemResult(id=item.id, truncated=f.truncated, error=f.error, code=f.code)
+                   for item, f in zip(items, fitted)]
         todo = [i for i, f in enumerate(fitted) if f.error is None]
         params = GenerationParams(max_tokens=_JUDGE_MAX_TOKENS, temperature=0.0, stop=("\n",))
         outputs = await self._run([self._timed_generate(fitted[i].token_ids, params) for i in todo])
         for i, out in zip(todo, outputs):
             result = results[i]
             if isinstance(out, BaseException):
-                result.error = f"engine error: {type(out).__name__}"
+                result.error, result.code = f"engine error: {type(out).__name__}", "engine_error"
                 continue
             result.raw_output = fitted[i].answer_prefix + out.text
             result.prompt_tokens, result.completion_tokens = out.prompt_tokens, out.completion_tokens
@@ -473,7 +478,7 @@ class Scorer:
             result.parsed = score is not None
             if score is None:
                 metrics.PARSE_FAILURES.inc()
-                result.error = "judge gave no score from 1 to 10"
+                result.error, result.code = "judge gave no score from 1 to 10", "judge_no_score"
                 continue
             result.judge_score = score
             result.reward = (score - 1) / 9
