@@ -73,11 +73,13 @@ def find_instruction(ground_truth: Any, extra_info: dict | None) -> tuple[list[d
 
 def _client_key(kwargs: dict) -> tuple:
     urls = as_urls(kwargs.get("base_url"), os.environ.get(DEFAULT_URL_ENV, "http://127.0.0.1:8000"))
-    return (urls, *(kwargs.get(k) for k in _CLIENT_OPTIONS))
+    # The process id: a client's connections must not be shared with a forked child (prime's pool
+    # forks the trainer process; two processes on one socket garble the HTTP stream).
+    return (os.getpid(), urls, *(kwargs.get(k) for k in _CLIENT_OPTIONS))
 
 
 def _options(key: tuple) -> tuple[list[str], dict]:
-    urls, *values = key
+    _, urls, *values = key
     options = {k: v for k, v in zip(_CLIENT_OPTIONS, values, strict=True) if v is not None}
     return list(urls), options
 

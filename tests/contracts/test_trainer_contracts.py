@@ -266,11 +266,16 @@ def test_verl_prime_manager_loaded_by_file_path_pickles_and_gets_floats(live, ex
     spec.loader.exec_module(module)
     evaluation_func = functools.partial(_call_with_kwargs, module.compute_score, {"base_url": live.url})
     pickle.dumps(evaluation_func)  # what the process pool does; a file-path function would fail here
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    evaluation_func("flip", GROUP[0], "", {"instruction": INSTRUCTION})  # the parent's client exists before the fork
+    # ProcessPoolExecutor's default on Linux (Python <= 3.13) forks the trainer process
+    assert_group(_prime_pool(evaluation_func, multiprocessing.get_context("fork")), expected)
+
+
+def _prime_pool(evaluation_func, context) -> list[float]:
+    with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
         results = list(pool.map(_prime_worker_result, [evaluation_func] * len(GROUP), ["flip"] * len(GROUP), GROUP,
                                 [""] * len(GROUP), [{"instruction": INSTRUCTION}] * len(GROUP)))
-    scores = [float(r) if isinstance(r, (int, float, bool)) else float(r[0]) for r in results]
-    assert_group(scores, expected)
+    return [float(r) if isinstance(r, (int, float, bool)) else float(r[0]) for r in results]
 
 
 def test_a_none_score_would_stop_verl():
