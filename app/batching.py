@@ -166,6 +166,8 @@ class Admission:
             return None
         now = self._clock()
         before, after = self.queued / rate, (self.queued + n) / rate
+        if self.queued == 0:  # nothing ahead: waiting cannot make it faster (a batch too big is a 413 upstream)
+            return None
         if deadline_s is not None and after > deadline_s:
             return QueueFull(n, self.queued, self.limit,
                              f"the {self.queued + n} items queued with these take about {after:.0f} s at "
