@@ -153,9 +153,12 @@ async def score_items(
     resolved = score_options(service, options)
     metrics.ITEMS_PER_REQUEST.observe(len(items))
 
+    scorer = service.scorer
+    assert scorer is not None  # ready_service: the models are loaded
+
     async def score_within_deadline() -> list[ItemResult]:
         async with asyncio.timeout(deadline):
-            return await service.scorer.score([_to_score_item(i) for i in items], resolved)
+            return await scorer.score([_to_score_item(i) for i in items], resolved)
 
     try:
         with service.admission.admit(len(items), deadline):

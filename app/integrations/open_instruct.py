@@ -115,8 +115,9 @@ class FlipVerifier(VerifierFunction):
 
     @staticmethod
     def _verification(result: dict | None) -> VerificationResult:
-        score = reward_of(result)
-        return VerificationResult(score=float(score), reasoning=(result or {}).get("unscorable"))
+        score = reward_of(result)  # raises for a sample the service could not score
+        assert score is not None
+        return VerificationResult(score=score, reasoning=(result or {}).get("unscorable"))
 
     def __call__(self, tokenized_prediction: list[int], prediction: str, label: Any, query: str | None = None,
                  rollout_state: dict | None = None) -> VerificationResult:

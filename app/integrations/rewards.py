@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Iterable
 
 from app.client import FlipRequestError
 
@@ -61,10 +62,9 @@ def as_urls(value: object, default: str) -> tuple[str, ...]:
         value = default
     if isinstance(value, str):
         return tuple(u.strip() for u in value.split(",") if u.strip())
-    try:
-        urls = tuple(str(u) for u in value)  # type: ignore[union-attr]
-    except TypeError:
-        raise ValueError(f"base_url: expected a URL or a list of URLs, got {type(value).__name__}") from None
+    if not isinstance(value, Iterable):  # Hydra's ListConfig is an Iterable, not a list
+        raise TypeError(f"base_url: expected a URL or a list of URLs, got {type(value).__name__}")
+    urls = tuple(str(u) for u in value)
     if not urls:
         raise ValueError("base_url: give at least one URL")
     return urls

@@ -73,7 +73,7 @@ async def flip_reward(prompts: list, completions: list, *, flip_base_url: str | 
     results = await client.score(trl_items(prompts, completions))
     rewards = [reward_of(r, options.get("on_failure", "raise")) for r in results]
     log_metric = kwargs.get("log_metric")
-    logs = [extra_logs(r) for r, value in zip(results, rewards, strict=True) if value is not None]
+    logs = [extra_logs(r) for r, value in zip(results, rewards, strict=True) if r is not None and value is not None]
     if callable(log_metric) and logs:
         for key in logs[0]:
             log_metric(key, sum(row[key] for row in logs) / len(logs))

@@ -14,8 +14,8 @@ import math
 import pytest
 
 from app.client import FlipClient
-from app.integrations.trl import make_reward_func
 from app.integrations.open_instruct import FlipVerifier
+from app.integrations.trl import make_reward_func
 from app.integrations.verl import compute_score, compute_score_async, compute_score_batch
 from tests.contracts.conftest import GROUP, UNSCORABLE
 from tests.integration.conftest import load_jsonl

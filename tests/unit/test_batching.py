@@ -119,9 +119,9 @@ def test_admission_does_not_push_a_request_in_flight_past_its_deadline():
     admission = _established(2.0, now)
     with admission.admit(50, deadline_s=30):  # needs ~25 s of its 30
         # 15 more would take the queue to ~32.5 s: the first request would miss its deadline (504)
-        with pytest.raises(QueueFull, match="push a request in flight past its deadline"):
-            with admission.admit(15, deadline_s=100):
-                pass
+        with pytest.raises(QueueFull, match="push a request in flight past its deadline"), \
+                admission.admit(15, deadline_s=100):
+            pass
         with admission.admit(5, deadline_s=100):  # ~27.5 s: both still make it
             pass
         now[0] += 20.0  # 10 s left for the first; it is already late: no reason to refuse new work for it
