@@ -22,7 +22,7 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 unit: setup
-	.venv/bin/python -m pytest -q tests/unit
+	.venv/bin/python -m pytest -q tests/unit tests/contracts
 
 # Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
 bench:

@@ -4,13 +4,15 @@
   window (or until a batch is full) and runs one call for all of it. Used for embeddings, so
   that 64 concurrent single /reward requests are encoded in one model call, not 64.
 - Admission: a counter of items accepted and not yet finished; past the bound, or when the work
-  ahead cannot finish before the new request's deadline, new work is refused at once (the routes
-  turn that into 429) instead of queueing into a timeout.
+  queued (the new items included) cannot finish before the new request's deadline or would push
+  a request in flight past its own, new work is refused at once (the routes turn that into 429)
+  instead of queueing into a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -126,10 +128,13 @@ class QueueFull(Exception):
 
 class Admission:
     """Counts items accepted and not yet finished. `with admission.admit(n, deadline_s):` raises
-    QueueFull when the n items would take the count past `limit`, or when the items already queued
-    cannot be scored before the new request's deadline at the rate the server has been finishing
-    items (it would only time out: a 429 now is better than a 504 later). Otherwise the items
-    count until the block ends (however it ends: result, error, timeout or cancellation)."""
+    QueueFull when the n items would take the count past `limit`, or when, at the rate the server
+    has been finishing items, admitting them would make some request miss its deadline: the new one,
+    or one already admitted that could still make its own. The engine shares its steps among all
+    the work in flight (continuous batching), so new work delays the work already there; the time
+    to finish everything queued, new items included, is the bound every request's remaining time
+    is checked against (a 429 now is better than a 504 later). Otherwise the items count until the
+    block ends (however it ends: result, error, timeout or cancellation)."""
 
     # Service rate: items finished per second of busy time (time with work queued), decayed so
     # that it follows the last minutes of work; idle time neither counts nor decays it.
@@ -144,6 +149,8 @@ class Admission:
         self._last_change = clock()
         self._busy_s = 0.0
         self._done = 0.0
+        self._deadlines: dict[int, float] = {}  # admitted request -> when its deadline ends (clock time)
+        self._tickets = itertools.count()
 
     def rate(self) -> float | None:
         """Items finished per busy second lately; None until there is enough to go on."""
@@ -151,23 +158,45 @@ class Admission:
             return None
         return self._done / self._busy_s
 
+    def _refusal(self, n: int, deadline_s: float | None) -> QueueFull | None:
+        if self.queued + n > self.limit:
+            return QueueFull(n, self.queued, self.limit)
+        rate = self.rate()
+        if rate is None:
+            return None
+        now = self._clock()
+        before, after = self.queued / rate, (self.queued + n) / rate
+        if self.queued == 0:  # nothing ahead: waiting cannot make it faster (a batch too big is a 413 upstream)
+            return None
+        if deadline_s is not None and after > deadline_s:
+            return QueueFull(n, self.queued, self.limit,
+                             f"the {self.queued + n} items queued with these take about {after:.0f} s at "
+                             f"{rate:.2f} items/s, past this request's deadline of {deadline_s:g} s",
+                             retry_after_s=max(1, min(60, math.ceil(after - deadline_s))))
+        # Requests in flight that can still finish in time must not be pushed past their deadline.
+        at_risk = [left for left in (end - now for end in self._deadlines.values()) if before <= left < after]
+        if at_risk:
+            return QueueFull(n, self.queued, self.limit,
+                             f"{n} more items would push a request in flight past its deadline "
+                             f"({after:.0f} s of work queued at {rate:.2f} items/s, {min(at_risk):.0f} s left)",
+                             retry_after_s=max(1, min(60, math.ceil(min(n / rate, 60)))))
+        return None
+
     @contextmanager
     def admit(self, n: int, deadline_s: float | None = None) -> Iterator[None]:
-        if self.queued + n > self.limit:
-            raise QueueFull(n, self.queued, self.limit)
-        rate = self.rate()
-        if deadline_s is not None and rate is not None and self.queued / rate > deadline_s:
-            wait = self.queued / rate
-            raise QueueFull(n, self.queued, self.limit,
-                            f"the {self.queued} items queued take about {wait:.0f} s at {rate:.2f} items/s, "
-                            f"past this request's deadline of {deadline_s:g} s",
-                            retry_after_s=max(1, min(60, math.ceil(wait - deadline_s))))
+        refusal = self._refusal(n, deadline_s)
+        if refusal is not None:
+            raise refusal
+        ticket = next(self._tickets)
+        if deadline_s is not None:
+            self._deadlines[ticket] = self._clock() + deadline_s
         self._set(self.queued + n)
         finished = False
         try:
             yield
             finished = True
         finally:
+            self._deadlines.pop(ticket, None)
             self._set(self.queued - n, finished=n if finished else 0)
 
     def _set(self, value: int, finished: int = 0) -> None:

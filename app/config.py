@@ -224,6 +224,13 @@ class Settings(BaseSettings):
         False, description="Constrain paper-mode output to its JSON shape with vLLM structured outputs."
     )
 
+    # --- trainers: rewards for content that cannot earn one
+    unscorable_reward: float = Field(
+        0.0, ge=-1e6, le=1e6,
+        description="Reward for a response with nothing to score (empty, only <think>, only copies of the "
+        "instruction); the reason is reported beside it (`unscorable`).",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_tokens >= self.max_model_len:

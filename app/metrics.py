@@ -27,9 +27,27 @@ PARSE_FAILURES = Counter(
     "flip_parse_failures_total", "Outputs with no parseable instruction (raw text used instead)."
 )
 TRUNCATED_ITEMS = Counter("flip_truncated_items_total", "Items cut to fit the model's context.")
-ITEM_ERRORS = Counter("flip_item_errors_total", "Items that got no reward (reward null) by error type.", ["type"])
-REWARDS = Histogram(
-    "flip_reward", "Rewards handed out.", buckets=tuple(round(i / 10, 1) for i in range(1, 11))
+ITEM_ERRORS = Counter(
+    "flip_item_errors_total", "Items that got no reward, by error code (app/scoring/outcomes.py), method and route.",
+    ["code", "method", "route"],
+)
+_SHARE_BUCKETS = tuple(round(i / 10, 1) for i in range(1, 11))
+REWARDS = Histogram("flip_reward", "Rewards handed out, by method and route.", ["method", "route"],
+                    buckets=_SHARE_BUCKETS)
+
+# --- reward-hacking monitor: a policy that games the reward shows here first
+GUARD_TRIGGERS = Counter(
+    "flip_guard_triggers_total",
+    "Items a guard acted on, by guard (copies_deleted, keyword_stuffing, unscorable), method and route.",
+    ["guard", "method", "route"],
+)
+UNSCORABLE = Counter(
+    "flip_unscorable_total", "Items given the floor reward, by reason (empty_response, think_only, all_copied).",
+    ["reason", "method", "route"],
+)
+COPIED_FRACTION = Histogram(
+    "flip_copied_fraction", "Share of each response copied from its instruction (copy guard on), by method and route.",
+    ["method", "route"], buckets=(0.0, *_SHARE_BUCKETS),
 )
 
 # Remote engine mode (app/engines/openai_remote.py): each attempt by server URL and outcome

@@ -1,13 +1,16 @@
 """Trainer protocols: the request and response shapes OpenRLHF and slime use for a remote reward
-model, translated to the same scorer path as /batch_reward.
+model, translated to the serving path /batch_reward uses (app/api/serving.py).
 
-- OpenRLHF (`--remote_rm_url http://HOST:PORT/get_reward`): `query` is prompt + response decoded
-  as one string; the response is recovered with `prompts`, the chat template's tokens stripped.
+- OpenRLHF (v0.10.2+: `--reward.remote_url http://HOST:PORT/get_reward`, older: `--remote_rm_url`):
+  `query` is prompt + response decoded as one string; the response is recovered with `prompts`,
+  the chat template's tokens stripped.
 - slime (`--rm-type remote_rm --rm-url http://HOST:PORT/slime_reward --reward-key reward`).
 
 The instruction is the last user message of the prompt (`?instruction_from=prompt`, the
 default) or the label (`?instruction_from=label`, when the dataset's label column holds the
-raw instruction). A sample that cannot be read gets `null` and an error, never a made-up 0.
+raw instruction). Every sample in a 200 has a number: an empty response gets the floor reward
+with its reason; a sample the service cannot read is a 422 naming it, and one it failed to score
+fails the request with a status the trainer retries (503) — never a null or a made-up 0.
 """
 
 from __future__ import annotations
@@ -19,18 +22,17 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from app.api.errors import ApiError
-from app.api.reward import ERROR_RESPONSES, _score, _to_result, ready_service
+from app.api.reward import to_result
 from app.api.schemas import (
     Message,
     OpenRLHFRequest,
     OpenRLHFResponse,
     RewardItem,
-    RewardResult,
     ScoringOptions,
     SlimeRequest,
     SlimeResponse,
-    Usage,
 )
+from app.api.serving import ERROR_RESPONSES, ready_service, score_items
 from app.config import Similarity
 from app.integrations.chat_template import (
     instruction_messages,
@@ -38,6 +40,7 @@ from app.integrations.chat_template import (
     response_from_query,
     strip_special_tokens,
 )
+from app.integrations.extra_logs import column_logs, extra_logs
 from app.service import FlipService
 
 router = APIRouter(tags=["trainer protocols"])
@@ -46,7 +49,7 @@ InstructionFrom = Literal["prompt", "label"]
 
 
 class _Unreadable(ValueError):
-    """This sample cannot be turned into (instruction, response): its result says why."""
+    """This sample cannot be turned into (instruction, response)."""
 
 
 def _special_tokens(service: FlipService) -> tuple[str, ...]:
@@ -56,8 +59,8 @@ def _special_tokens(service: FlipService) -> tuple[str, ...]:
 def _item(messages: list[dict] | None, response: str | None) -> RewardItem:
     if not messages:
         raise _Unreadable("no user instruction found in the prompt")
-    if not response or not response.strip():
-        raise _Unreadable("the response is empty")
+    if response is None:
+        raise _Unreadable("no response found after the prompt")
     try:
         return RewardItem(messages=[Message(**m) for m in messages], response=response)
     except ValidationError as exc:
@@ -70,20 +73,8 @@ def _label_messages(label: object, tokens: Sequence[str]) -> list[dict] | None:
     raise _Unreadable("instruction_from=label needs a label that is a string or a message list")
 
 
-async def _score_or_error(
-    service: FlipService, items: list[RewardItem | str], similarity: Similarity | None, request: Request
-) -> list[RewardResult]:
-    """Scores the RewardItems in one engine batch; a string stands for an unreadable sample."""
-    todo = [item for item in items if isinstance(item, RewardItem)]
-    scored = iter(await _score(service, todo, ScoringOptions(similarity=similarity), request) if todo else [])
-    return [
-        _to_result(next(scored), False)
-        if isinstance(item, RewardItem)
-        else RewardResult(id=None, method=service.settings.method, reward=None, inferred_instruction=None,
-                          similarities=None, parsed=None,
-                          truncated=False, usage=Usage(prompt_tokens=0, completion_tokens=0), error=item)
-        for item in items
-    ]
+def _unreadable(field: str, exc: _Unreadable) -> ApiError:
+    return ApiError(422, "unreadable_sample", f"{field}: {exc}", field)
 
 
 def _as_list(value: object, n: int, field: str, single: bool) -> list:
@@ -103,21 +94,18 @@ async def openrlhf_get_reward(
     instruction_from: InstructionFrom = Query("prompt", description="Where the instruction comes from."),
     similarity: Similarity | None = Query(None, description="f1, embedding or hybrid; unset: the server default."),
 ) -> OpenRLHFResponse:
-    """OpenRLHF remote reward model: one query or a batch."""
+    """OpenRLHF remote reward model: one query or a batch; a number for every query."""
     service = ready_service(request)
     single = isinstance(body.query, str)
     queries = [body.query] if single else body.query
     if not queries:
         raise ApiError(422, "validation_error", "query: must not be empty", "query")
-    limit = service.settings.max_batch_items
-    if len(queries) > limit:
-        raise ApiError(413, "too_many_items", f"query: {len(queries)} queries, the limit is {limit}", "query")
     prompts = _as_list(body.prompts, len(queries), "prompts", single)
     labels = _as_list(body.labels, len(queries), "labels", single)
     tokens = _special_tokens(service)
 
-    items: list[RewardItem | str] = []
-    for query, prompt, label in zip(queries, prompts, labels):
+    items: list[RewardItem] = []
+    for index, (query, prompt, label) in enumerate(zip(queries, prompts, labels)):
         try:
             if instruction_from == "label":
                 messages = _label_messages(label, tokens)
@@ -129,32 +117,20 @@ async def openrlhf_get_reward(
                     else None
             items.append(_item(messages, response_from_query(query, prompt, tokens)))
         except _Unreadable as exc:
-            items.append(str(exc))
+            raise _unreadable(f"query[{index}]", exc) from None
 
-    results = await _score_or_error(service, items, similarity, request)
-    rewards = [r.reward for r in results]
-
-    def per_item(pick) -> list[float | None]:
-        """One value per item; None where the item has no reward or the method has no such value."""
-        values = []
-        for r in results:
-            value = None if r.reward is None else pick(r)
-            values.append(None if value is None else float(value))
-        return values
-
+    service, scored = await score_items(
+        request, items, ScoringOptions(similarity=similarity), route="/get_reward", field="query",
+        on_item_error="trainer", field_of=lambda i: f"query[{i}]",
+    )
+    results = [to_result(r, False).model_dump() for r in scored]
+    rewards = [float(r["reward"]) for r in results]
     return OpenRLHFResponse(
         rewards=rewards,
         scores=rewards,  # rewards are already in [0, 1], the range OpenRLHF's filtering expects
-        extra_logs={
-            "flip_f1": per_item(lambda r: r.similarities and r.similarities.f1),
-            "flip_embedding": per_item(lambda r: r.similarities and r.similarities.embedding),
-            "flip_pmi": per_item(lambda r: r.likelihood and r.likelihood.pmi),
-            "flip_copied_fraction": per_item(lambda r: r.copied_fraction),
-            "flip_parsed": per_item(lambda r: r.parsed),
-            "flip_truncated": per_item(lambda r: r.truncated),
-        },
-        inferred_instructions=[r.inferred_instruction for r in results],
-        errors=[r.error for r in results],
+        extra_logs=column_logs(results, scored[0].method),
+        unscorable=[r["unscorable"] for r in results],
+        inferred_instructions=[r["inferred_instruction"] for r in results],
     )
 
 
@@ -171,8 +147,12 @@ async def slime_reward(
     try:
         messages = (_label_messages(body.label, tokens) if instruction_from == "label"
                     else instruction_messages(body.prompt, tokens))
-        item: RewardItem | str = _item(messages, strip_special_tokens(body.response, tokens))
+        item = _item(messages, strip_special_tokens(body.response, tokens))
     except _Unreadable as exc:
-        item = str(exc)
-    (result,) = await _score_or_error(service, [item], similarity, request)
-    return SlimeResponse(**result.model_dump())
+        raise _unreadable("label" if instruction_from == "label" else "prompt", exc) from None
+    _, (scored,) = await score_items(
+        request, [item], ScoringOptions(similarity=similarity), route="/slime_reward", field="body",
+        on_item_error="trainer", field_of=lambda i: "response",
+    )
+    result = to_result(scored, False).model_dump()
+    return SlimeResponse(**result, extra_logs=extra_logs(result))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -91,11 +92,13 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def check_item_limits(items: list[RewardItem], settings: Settings, batch: bool) -> None:
-    """413 for the first item field over its limit, named like a validation error (items[3].response)."""
+def check_item_limits(items: list[RewardItem], settings: Settings,
+                      item_field: Callable[[int], str] | None = None) -> None:
+    """413 for the first item field over its limit, named like a validation error (items[3].response);
+    `item_field(i)` names item i (None: a single item, named by its fields alone)."""
     max_chars, max_messages = settings.max_field_chars, settings.max_messages
     for index, item in enumerate(items):
-        at = f"items[{index}]." if batch else ""
+        at = f"{item_field(index)}." if item_field else ""
         for name in ("prompt", "response"):
             value = getattr(item, name)
             if value is not None and len(value) > max_chars:

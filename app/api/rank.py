@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.errors import ApiError
-from app.api.reward import ERROR_RESPONSES, _score, _to_result, ready_service
+from app.api.reward import to_result
 from app.api.schemas import RankRequest, RankResponse
+from app.api.serving import ERROR_RESPONSES, score_items
 from app.scoring.prompts import PROMPT_VERSION
 
 router = APIRouter(tags=["reward"])
@@ -22,12 +22,7 @@ def rank_order(rewards: list[float | None]) -> list[int]:
 @router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES)
 async def rank(body: RankRequest, request: Request) -> RankResponse:
     """Score N responses to one instruction and rank them (best first)."""
-    service = ready_service(request)
-    limit = service.settings.max_batch_items
-    if len(body.responses) > limit:
-        raise ApiError(413, "too_many_items", f"responses: {len(body.responses)} responses, the limit is {limit}",
-                       "responses")
-    results = await _score(service, body.reward_items(), body, request)
+    service, results = await score_items(request, body.reward_items(), body, route="/rank", field="responses")
     rewards = [r.reward for r in results]
     ranking = rank_order(rewards)
     return RankResponse(
@@ -37,5 +32,5 @@ async def rank(body: RankRequest, request: Request) -> RankResponse:
         rewards=rewards,
         ranking=ranking,
         best_index=ranking[0] if rewards[ranking[0]] is not None else None,
-        results=[_to_result(r, body.details) for r in results],
+        results=[to_result(r, body.details) for r in results],
     )

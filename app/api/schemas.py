@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.config import Method, PromptMode, Similarity
+from app.scoring.outcomes import ItemErrorCode, UnscorableReason
 
 
 def _not_blank(value: str) -> str:
@@ -58,7 +59,10 @@ class RewardItem(BaseModel):
     messages: list[Message] | None = Field(
         None, min_length=1, description="Chat form: the last message is the user's instruction."
     )
-    response: NonBlank = Field(description="The response to score.")
+    response: Text = Field(
+        description="The response to score. Empty (or only <think>, or only copies of the instruction): the floor "
+        "reward FLIP_UNSCORABLE_REWARD, with `unscorable` saying why."
+    )
 
     @model_validator(mode="after")
     def _one_instruction(self) -> RewardItem:
@@ -178,7 +182,18 @@ class Likelihood(BaseModel):
 class RewardResult(BaseModel):
     id: str | None
     method: Method
-    reward: float | None = Field(description="In [0, 1]; null when this item could not be scored (see error).")
+    reward: float | None = Field(
+        description="In [0, 1] (the floor FLIP_UNSCORABLE_REWARD when `unscorable` is set); null only when the "
+        "service failed on this item (see `error` and `code`)."
+    )
+    unscorable: UnscorableReason | None = Field(
+        None, description="Why the response could not earn a reward (it got the floor): empty_response, "
+        "think_only (nothing outside <think>, or cut off inside one) or all_copied (only copies of the instruction)."
+    )
+    guard: Literal["none", "copies_deleted", "keyword_stuffing", "unscorable"] | None = Field(
+        None, description="The guard that decided the reward: copies_deleted (scored without copied passages), "
+        "keyword_stuffing (likelihood: reward 0), unscorable (the floor); none. Null with an error."
+    )
     inferred_instruction: str | None = Field(description="generate: the instruction the model inferred.")
     similarities: Similarities | None = Field(description="generate: every similarity; reward is the chosen one.")
     likelihood: Likelihood | None = Field(None, description="likelihood: the log-probabilities behind the reward.")
@@ -189,7 +204,11 @@ class RewardResult(BaseModel):
     parsed: bool | None = Field(description="False when no instruction could be parsed and raw text was compared.")
     truncated: bool = Field(description="True when the response (or context) was cut to fit the model.")
     usage: Usage
-    error: str | None = None
+    error: str | None = Field(None, description="Why this item has no reward (a message).")
+    code: ItemErrorCode | None = Field(
+        None, description="Machine-readable kind of `error`: empty_instruction, context_overflow, engine_error, "
+        "no_output, judge_no_score, unreadable_sample."
+    )
     raw_output: str | None = Field(None, description="The model's output (with details=true).")
 
 
@@ -229,7 +248,7 @@ class RankRequest(ScoringOptions):
 
     prompt: NonBlank | None = Field(None, description="The instruction the responses answer.")
     messages: list[Message] | None = Field(None, min_length=1, description="Chat form of the instruction.")
-    responses: list[NonBlank] = Field(min_length=1, description="The N candidates, scored in one engine batch.")
+    responses: list[Text] = Field(min_length=1, description="The N candidates, scored in one engine batch.")
 
     @model_validator(mode="after")
     def _one_instruction(self) -> RankRequest:
@@ -288,11 +307,17 @@ class OpenRLHFRequest(BaseModel):
 
 
 class OpenRLHFResponse(BaseModel):
-    rewards: list[float | None] = Field(description="One per query; null when that query could not be scored.")
-    scores: list[float | None] = Field(description="The same values (in [0, 1]), for OpenRLHF's dynamic filtering.")
-    extra_logs: dict[str, list[float | None]] = Field(description="Per-query values OpenRLHF logs.")
+    """A number for every query: a query the service cannot score fails the whole request with an
+    HTTP error (OpenRLHF retries it), never a null here."""
+
+    rewards: list[float] = Field(description="One per query (the floor for an unscorable one).")
+    scores: list[float] = Field(description="The same values (in [0, 1]), for OpenRLHF's dynamic filtering.")
+    extra_logs: dict[str, list[float]] = Field(
+        description="Per-query finite numbers OpenRLHF turns into tensors and logs; the same keys for every query "
+        "of a method (README, \"Extra logs\")."
+    )
+    unscorable: list[UnscorableReason | None] = Field(description="Per query: why it got the floor, or null.")
     inferred_instructions: list[str | None]
-    errors: list[str | None]
 
 
 class SlimeRequest(BaseModel):
@@ -309,7 +334,10 @@ class SlimeRequest(BaseModel):
 
 
 class SlimeResponse(RewardResult):
-    """`reward` (pick it with slime's `--reward-key reward`) and the usual per-item details."""
+    """`reward` (pick it with slime's `--reward-key reward`; always a number in a 200) and the usual
+    per-item details, plus `extra_logs` (finite numbers, the same keys as OpenRLHF's)."""
+
+    extra_logs: dict[str, float] = Field(description="Finite per-sample figures: guard, copied fraction, ...")
 
 
 class ErrorBody(BaseModel):

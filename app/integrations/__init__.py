@@ -1,4 +1,5 @@
-"""Drop-in reward functions for RL trainers (TRL, veRL), built on app.client.
+"""Drop-in reward functions for RL trainers (TRL, veRL, open-instruct), built on app.client.
+Each imports without its trainer installed.
 
 OpenRLHF and slime call the service over HTTP directly: see app/api/compat.py.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.scoring.items import ScoreItem
+from app.scoring.outcomes import ItemErrorCode
 from app.scoring.parse import strip_think
 from app.scoring.prompts import Prompt
 
@@ -29,6 +30,7 @@ class Fitted:
     context: list[dict[str, str]] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+    code: ItemErrorCode | None = None  # set with `error`
     stop: tuple[str, ...] = ()
     text: str = ""  # the rendered prompt, and each token's character span in it
     offsets: list[tuple[int, int]] = field(default_factory=list)
@@ -57,7 +59,7 @@ class PromptFitter:
         first, then cut the tail of the response (its opening says most about what was asked)."""
         response = self.clean(item.response)
         if not response:
-            return Fitted(error="response is empty after removing <think> blocks")
+            return Fitted(error="response is empty after removing <think> blocks", code="no_output")
         context = list(item.context)
         truncated = False
         while True:
@@ -73,5 +75,7 @@ class PromptFitter:
             response_ids = self.tokenizer.encode(response, add_special_tokens=False)
             keep = len(response_ids) - (len(ids) - budget) - _FIT_MARGIN
             if keep <= 0:
-                return Fitted(error="the prompt does not fit the model's context even without the response")
+                return Fitted(
+                    error="the prompt does not fit the model's context even without the response", code="context_overflow"
+                )
             response = self.tokenizer.decode(response_ids[:keep])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import Method, PromptMode, Similarity
+from app.scoring.outcomes import ItemErrorCode, UnscorableReason
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,5 @@ class ItemResult:
     completion_tokens: int = 0
     raw_output: str | None = None
     error: str | None = None
+    code: ItemErrorCode | None = None  # set with `error`
+    unscorable: UnscorableReason | None = None  # set with the floor reward

@@ -7,8 +7,11 @@ log-probability after the response) and judge (the LLM-as-a-judge baseline). Eac
 per-item error handling and the metrics.
 
 All items of a batch go to the engine at once, so they share its continuous batching.
-Nothing here knows about HTTP. A per-item failure becomes `reward=None` with an `error`;
-a dead engine raises EngineUnavailable for the whole batch.
+Nothing here knows about HTTP. Content that cannot earn a reward (empty, only <think>, only
+copies of the instruction) gets the floor reward with its `unscorable` reason; a per-item failure
+becomes `reward=None` with an `error` and its `code` (app/scoring/outcomes.py); a dead engine
+raises EngineUnavailable for the whole batch. The per-item metrics are kept by the serving path
+(app/api/serving.py), which knows the route.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
 from app.scoring.methods.generate import Generate
 from app.scoring.methods.judge import Judge
 from app.scoring.methods.likelihood import Likelihood, likelihood_reward
+from app.scoring.outcomes import ItemErrorCode, unscorable_reason
 
 __all__ = ["ItemResult", "ScoreItem", "ScoreOptions", "Scorer", "apply_copy_guard", "likelihood_reward"]
 
@@ -40,6 +44,9 @@ class Prepared(Protocol):
     def error(self) -> str | None: ...
 
     @property
+    def code(self) -> ItemErrorCode | None: ...
+
+    @property
     def truncated(self) -> bool: ...
 
 
@@ -48,10 +55,6 @@ class ScoringMethod(Protocol):
 
     async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[Any],
                   options: ScoreOptions) -> list[ItemResult | BaseException]: ...
-
-
-def _has_words(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
 
 
 def apply_copy_guard(item: ScoreItem, fitter: PromptFitter, min_words: int) -> tuple[ScoreItem, float]:
@@ -80,23 +83,27 @@ class Scorer:
 
     async def score(self, items: list[ScoreItem], options: ScoreOptions) -> list[ItemResult]:
         # The copy guard (FLIP methods only; the judge sees the instruction anyway): score what the
-        # response adds to the instruction. A response that was nothing but copies scores 0.
+        # response adds to the instruction.
         guard = options.copy_guard and options.method != "judge"
         guarded = await asyncio.to_thread(lambda: [self.apply_copy_guard(item) for item in items]) if guard else []
         to_score = [item for item, _ in guarded] if guard else items
-        only_copies = {i for i, (item, copied) in enumerate(guarded) if copied > 0 and not _has_words(item.response)}
-        todo = [i for i in range(len(items)) if i not in only_copies]
-        results = [ItemResult(id=item.id, reward=0.0) for item in items]  # 0.0 stays for the all-copy ones
-        for i, result in zip(todo, await self._score_with(options, [to_score[i] for i in todo])):
-            results[i] = result
+        # Nothing to read (empty, only <think>, only copies): the floor reward, with the reason.
+        floor = [
+            unscorable_reason(item.response, self.settings.strip_think, *((guarded[i][0].response, guarded[i][1]) if guard else ()))
+            for i, item in enumerate(items)
+        ]
+        todo = [i for i in range(len(items)) if floor[i] is None]
+        results = [
+            ItemResult(id=item.id, reward=self.settings.unscorable_reward, unscorable=reason)
+            for item, reason in zip(items, floor)
+        ]
+        if todo:
+            for i, result in zip(todo, await self._score_with(options, [to_score[i] for i in todo])):
+                results[i] = result
         for result, (_, copied) in zip(results, guarded):
             result.copied_fraction = copied
         for result in results:
             result.method = options.method
-            if result.error:
-                metrics.ITEM_ERRORS.labels(type=result.error.split(":")[0]).inc()
-            else:
-                metrics.REWARDS.observe(result.reward)
             if result.truncated:
                 metrics.TRUNCATED_ITEMS.inc()
         return results
@@ -106,13 +113,15 @@ class Scorer:
         fit; an item whose prompt could not be built, or whose engine call failed, gets its error."""
         method = self.methods[options.method]
         prepared: list[Prepared] = await asyncio.to_thread(lambda: [method.prepare(item, options) for item in items])
-        results = [ItemResult(id=item.id, truncated=p.truncated, error=p.error) for item, p in zip(items, prepared)]
+        results = [
+            ItemResult(id=item.id, truncated=p.truncated, error=p.error, code=p.code) for item, p in zip(items, prepared)
+        ]
         todo = [i for i, p in enumerate(prepared) if p.error is None]
         outputs = await method.run(self.engine, [items[i] for i in todo], [prepared[i] for i in todo], options)
         for i, out in zip(todo, outputs):
             if isinstance(out, BaseException):
                 log.warning("engine failed on item %d: %r", i, out)
-                results[i].error = f"engine error: {type(out).__name__}"
+                results[i].error, results[i].code = f"engine error: {type(out).__name__}", "engine_error"
             else:
                 results[i] = out
         return results

@@ -1,16 +1,23 @@
 """The trainer adapters and /rank against the real service, with the exact argument and payload
 shapes each trainer sends. Each reward is checked against the service's own answer for the same
-items sent the same way (one item alone, or the same items as one batch)."""
+items sent the same way (one item alone, or the same items as one batch). The GRPO-group tests
+send one prompt with 8 completions (an EOS-only one, one cut off inside <think>, one that only
+copies the prompt) through every trainer route and adapter: every sample a finite number, the
+unscorable ones the floor with their reason, the others /batch_reward's. What each trainer then
+does with the reply is mirrored in tests/contracts/ (upstream file, line and commit there)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from app.client import FlipClient
+from app.integrations.open_instruct import FlipVerifier
 from app.integrations.trl import make_reward_func
-from app.integrations.verl import compute_score, compute_score_async
+from app.integrations.verl import compute_score, compute_score_async, compute_score_batch
+from tests.contracts.conftest import GROUP, UNSCORABLE
 from tests.integration.conftest import load_jsonl
 
 pytestmark = pytest.mark.integration
@@ -60,11 +67,11 @@ def test_trl_conversational_form(server, http, rows):
     prompts = [[{"role": "system", "content": "Be helpful."}, {"role": "user", "content": r["instruction"]}]
                for r in rows]
     completions = [[{"role": "assistant", "content": r["response"]}] for r in rows]
-    completions[-1] = [{"role": "assistant", "content": ""}]  # an empty completion: None, no request
+    completions[-1] = [{"role": "assistant", "content": ""}]  # an empty completion: the floor
     got = asyncio.run(reward(**trl_kwargs(prompts, completions, rows)))
     expected = batch_rewards(http, [{"messages": p, "response": c[0]["content"]}
-                                    for p, c in zip(prompts[:-1], completions[:-1])])
-    assert got == expected + [None]
+                                    for p, c in zip(prompts, completions)])
+    assert got == expected and got[-1] == 0.0
 
 
 def test_trl_through_grpo_trainer_reward_path(server, http, rows):
@@ -118,8 +125,8 @@ def test_openrlhf_single(http, rows, tokenizer):
     expected = single_reward(http, {"messages": smollm_messages(tokenizer, row["instruction"]),
                                     "response": row["response"]})
     assert body["rewards"] == [expected] and body["scores"] == [expected]
-    assert body["errors"] == [None]
-    assert all(len(v) == 1 for v in body["extra_logs"].values())
+    assert body["unscorable"] == [None]
+    assert all(len(v) == 1 and isinstance(v[0], float) for v in body["extra_logs"].values())
 
 
 def test_openrlhf_batch(http, rows, tokenizer):
@@ -129,7 +136,7 @@ def test_openrlhf_batch(http, rows, tokenizer):
     expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, r["instruction"]),
                                      "response": r["response"]} for r in rows])
     assert body["rewards"] == expected
-    assert len(body["extra_logs"]["flip_f1"]) == len(rows)
+    assert len(body["extra_logs"]["flip_conditional"]) == len(rows)
 
 
 def test_slime_templated_and_message_prompts(http, rows, tokenizer):
@@ -151,11 +158,10 @@ def test_verl_sync_and_async(server, http, rows):
     kwargs = dict(data_source="self-instruct", solution_str=row["response"] + "<|im_end|>", ground_truth="",
                   extra_info={"instruction": row["instruction"]}, base_url=server.url)
     result = compute_score(**kwargs)
-    assert result == {"score": expected["reward"], "inferred_instruction": expected["inferred_instruction"] or "",
-                      "instruction_source": "extra_info.instruction"}
+    assert result["score"] == expected["reward"] and result["flip_unscorable"] == 0.0
     assert asyncio.run(compute_score_async(**kwargs)) == result
     from_truth = compute_score(**{**kwargs, "extra_info": None, "ground_truth": row["instruction"]})
-    assert from_truth["score"] == expected["reward"] and from_truth["instruction_source"] == "ground_truth"
+    assert from_truth["score"] == expected["reward"]
 
 
 def test_rank_on_real_engine(http, rows):
@@ -173,3 +179,92 @@ def test_client_chunks_keep_order_on_real_service(server, rows):
         results = client.score(items)
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     assert all(r["reward"] is not None for r in results)
+
+
+# --- a GRPO group through every trainer route and adapter
+
+
+@pytest.fixture(scope="module")
+def group_instruction(rows):
+    return rows[0]["instruction"]
+
+
+@pytest.fixture(scope="module")
+def group(rows, group_instruction):
+    """8 completions: real ones, an EOS-only one, one cut inside <think>, one that only copies."""
+    completions = [rows[0]["response"], rows[1]["response"], "<think>hm</think>" + rows[0]["response"], *GROUP[3:5],
+                   rows[2]["response"], rows[3]["response"], f"{group_instruction} {group_instruction}"]
+    assert len(completions) == 8
+    return completions
+
+
+def assert_group(got, expected, reasons=None):
+    assert len(got) == 8 and all(isinstance(v, float) and math.isfinite(v) for v in got), got
+    assert got == pytest.approx(expected, abs=1e-6)
+    for i, reason in UNSCORABLE.items():
+        assert got[i] == 0.0  # the floor (FLIP_UNSCORABLE_REWARD's default)
+        if reasons is not None:
+            assert reasons[i] == reason
+    assert all(got[i] > 0.0 for i in range(8) if i not in UNSCORABLE)
+
+
+@pytest.fixture(scope="module")
+def group_expected(http, group, group_instruction):
+    body = http.post("/batch_reward", json={"items": [{"prompt": group_instruction, "response": c}
+                                                      for c in group]}).json()
+    assert_group(body["rewards"], body["rewards"], [r["unscorable"] for r in body["results"]])
+    return body["rewards"]
+
+
+def test_group_through_openrlhf_route(http, tokenizer, group, group_instruction):
+    samples = [openrlhf_sample(tokenizer, group_instruction, c) for c in group]
+    replies = [http.post("/get_reward", json={"query": [q], "prompts": [p], "labels": [None]}).json()
+               for p, q in samples]
+    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c}
+                                    for c in group])
+    assert_group([r["rewards"][0] for r in replies], expected, [r["unscorable"][0] for r in replies])
+    assert len({frozenset(r["extra_logs"]) for r in replies}) == 1
+
+
+def test_group_through_slime_route(http, tokenizer, group, group_instruction):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": group_instruction}], tokenize=False,
+                                           add_generation_prompt=True)
+    replies = [http.post("/slime_reward", json={"prompt": prompt, "response": c + tokenizer.eos_token,
+                                                "label": None}).json() for c in group]
+    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c}
+                                    for c in group])
+    assert_group([r["reward"] for r in replies], expected, [r["unscorable"] for r in replies])
+
+
+def test_group_through_verl_adapters(server, group, group_instruction, group_expected):
+    args = [{"data_source": "flip", "solution_str": c + "<|im_end|>", "ground_truth": "",
+             "extra_info": {"instruction": group_instruction}, "base_url": server.url} for c in group]
+    assert_group([compute_score(**a)["score"] for a in args], group_expected)
+
+    async def step():
+        return await asyncio.gather(*(compute_score_async(**a) for a in args))
+
+    results = asyncio.run(step())
+    assert_group([r["score"] for r in results], group_expected)
+    assert [r["flip_unscorable"] for r in results] == [float(i in UNSCORABLE) for i in range(8)]
+    batch = compute_score_batch(data_sources=["flip"] * 8, solution_strs=[a["solution_str"] for a in args],
+                                ground_truths=[""] * 8, extra_infos=[a["extra_info"] for a in args],
+                                base_url=[server.url])
+    assert_group([r["score"] for r in batch], group_expected)
+
+
+def test_group_through_trl_reward_function(server, group, group_instruction, group_expected):
+    reward = make_reward_func(server.url)
+    got = asyncio.run(reward(prompts=[group_instruction] * 8, completions=group, completion_ids=[[1]] * 8))
+    assert_group(got, group_expected)
+
+
+def test_group_through_open_instruct_verifier(server, group, group_instruction, group_expected):
+    verifier = FlipVerifier()
+    verifier._urls = [server.url]
+
+    async def step():
+        return await asyncio.gather(*(verifier.async_call([1], c, "", f"user: {group_instruction}") for c in group))
+
+    results = asyncio.run(step())
+    assert_group([r.score for r in results], group_expected, [r.reasoning for r in results])

@@ -49,7 +49,6 @@ def test_batch_keeps_order_and_matches_single(client):
     "payload,field",
     [
         ({"prompt": "   ", "response": "x"}, "prompt"),
-        ({"prompt": "p", "response": ""}, "response"),
         ({"prompt": "p", "response": 5}, "response"),
         ({"prompt": "p"}, "response"),
         ({"response": "x"}, "body"),
@@ -70,9 +69,9 @@ def test_bad_reward_input_is_422_naming_the_field(client, payload, field):
 
 
 def test_bad_batch_item_names_its_index(client):
-    items = [ITEM, ITEM, {"prompt": "p", "response": "  "}]
+    items = [ITEM, ITEM, {"prompt": " ", "response": "x"}]
     error = client.post("/batch_reward", json={"items": items}).json()["error"]
-    assert error["field"] == "items[2].response"
+    assert error["field"] == "items[2].prompt"
 
 
 def test_too_many_items_is_413(client):
@@ -106,9 +105,19 @@ def test_long_context_drops_oldest_turns(client, fake_engine):
     assert "old" not in fake_engine.tokenizer.decode(fake_engine.calls[-1])
 
 
-def test_think_only_response_gets_null_reward_with_error(client):
-    body = client.post("/reward", json={"prompt": "p", "response": "<think>just thinking</think>"}).json()
-    assert body["reward"] is None and "empty" in body["error"]
+@pytest.mark.parametrize("response,reason", [
+    ("", "empty_response"), ("   \n", "empty_response"), ("<think>just thinking</think>", "think_only"),
+    ("<think>cut off in the middle of", "think_only"), ("Explain the sky. Explain the sky.", "all_copied"),
+])
+def test_a_response_with_nothing_to_score_gets_the_floor_with_its_reason(client, fake_engine, response, reason):
+    calls = len(fake_engine.calls)
+    body = client.post("/reward", json={"prompt": "Explain the sky.", "response": response}).json()
+    assert (body["reward"], body["unscorable"], body["guard"]) == (0.0, reason, "unscorable")
+    assert body["error"] is None and body["code"] is None
+    assert len(fake_engine.calls) == calls  # nothing went to the engine
+    text = client.get("/metrics").text
+    assert f'flip_unscorable_total{{method="generate",reason="{reason}",route="/reward"}}' in text
+    assert 'flip_guard_triggers_total{guard="unscorable",method="generate",route="/reward"}' in text
 
 
 def test_engine_failure_on_one_item_is_null_not_zero(client, fake_engine):
@@ -122,6 +131,9 @@ def test_engine_failure_on_one_item_is_null_not_zero(client, fake_engine):
     body = client.post("/batch_reward", json={"items": items}).json()
     assert body["rewards"][0] is not None
     assert body["rewards"][1] is None and "engine error" in body["results"][1]["error"]
+    assert body["results"][1]["code"] == "engine_error" and body["results"][1]["unscorable"] is None
+    text = client.get("/metrics").text
+    assert 'flip_item_errors_total{code="engine_error",method="generate",route="/batch_reward"}' in text
 
 
 def test_dead_engine_gives_503_and_not_ready(client, fake_engine):

@@ -103,3 +103,83 @@ def test_admission_refuses_work_that_would_only_time_out():
         assert 10 <= refused.value.retry_after_s <= 16  # ~25 s of work ahead, 10 s deadline
         now[0] += 1.0
     assert admission.queued == 0
+
+
+def _established(rate: float, now: list[float]) -> Admission:
+    """An Admission that has measured `rate` items per busy second."""
+    admission = Admission(limit=1024, clock=lambda: now[0])
+    with admission.admit(int(rate * 10), deadline_s=600):
+        now[0] += 10.0
+    assert admission.rate() == pytest.approx(rate, rel=0.01)
+    return admission
+
+
+def test_admission_does_not_push_a_request_in_flight_past_its_deadline():
+    now = [0.0]
+    admission = _established(2.0, now)
+    with admission.admit(50, deadline_s=30):  # needs ~25 s of its 30
+        # 15 more would take the queue to ~32.5 s: the first request would miss its deadline (504)
+        with pytest.raises(QueueFull, match="push a request in flight past its deadline"), \
+                admission.admit(15, deadline_s=100):
+            pass
+        with admission.admit(5, deadline_s=100):  # ~27.5 s: both still make it
+            pass
+        now[0] += 20.0  # 10 s left for the first; it is already late: no reason to refuse new work for it
+        with admission.admit(15, deadline_s=100):
+            pass
+    assert admission.queued == 0
+
+
+def test_a_batch_with_nothing_ahead_is_admitted_even_past_its_deadline():
+    now = [0.0]
+    admission = _established(2.0, now)
+    with admission.admit(100, deadline_s=30):  # 50 s of work, alone: a 429 would repeat forever
+        pass
+
+
+def _burst(admission: Admission, now: list[float], n: int, deadline_s: float, rate: float,
+           retries: int, retry_delay_s: float) -> tuple[int, int]:
+    """n single-item requests at once (a trainer's B×G rollout step), each retried `retries` times
+    `retry_delay_s` apart when refused, while the engine finishes `rate` items a second in the order
+    admitted. Returns (admitted at once, admitted in the end)."""
+    held = []
+    pending = n
+    first = None
+    for attempt in range(retries + 1):
+        refused = 0
+        for _ in range(pending):
+            gate = admission.admit(1, deadline_s=deadline_s)
+            try:
+                gate.__enter__()
+                held.append(gate)
+            except QueueFull:
+                refused += 1
+        if first is None:
+            first = n - refused
+        pending = refused
+        if not pending or attempt == retries:
+            break
+        now[0] += retry_delay_s  # the engine finishes rate × delay items meanwhile
+        for _ in range(min(len(held), int(rate * retry_delay_s))):
+            held.pop(0).__exit__(None, None, None)
+    for gate in held:
+        gate.__exit__(None, None, None)
+    return first, n - pending
+
+
+@pytest.mark.parametrize("rate,n,admitted_at_once", [
+    (50.0, 1024, 1024),  # a GPU-class rate: a 128 × 8 rollout step fits the 120 s deadline and the bound
+    (8.0, 1024, 960),  # 8 items/s: 120 s of work is 960 items; the rest get 429 with Retry-After
+    (2.0, 256, 240),  # this 2-core CPU machine's order of magnitude: 32 × 8 already does not fit
+])
+def test_sizing_a_trainer_burst_of_singles_with_the_default_deadline_and_bound(rate, n, admitted_at_once):
+    """What B×G concurrent singles get with the defaults (FLIP_MAX_QUEUED_ITEMS 1024,
+    FLIP_REQUEST_TIMEOUT_S 120): everything the engine can finish within the deadline is admitted at
+    once, the rest is refused at once (429), never admitted into a 504. OpenRLHF's retries (5 tries,
+    1 s apart, Retry-After ignored) then get in only as fast as the engine frees room."""
+    now = [0.0]
+    admission = _established(rate, now)
+    first, final = _burst(admission, now, n, deadline_s=120, rate=rate, retries=4, retry_delay_s=1.0)
+    assert first == admitted_at_once
+    assert final - first <= int(rate * 4) + 1  # the retries only win what 4 s of engine time freed
+    assert admission.queued == 0

@@ -61,7 +61,7 @@ class Generate:
             if not parsed.parsed:
                 metrics.PARSE_FAILURES.inc()
             if not parsed.instruction:
-                result.error = "the model produced no text to compare"
+                result.error, result.code = "the model produced no text to compare", "no_output"
                 continue
             scored.append((item, result))
         if scored:

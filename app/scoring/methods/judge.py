@@ -40,7 +40,7 @@ class Judge:
             result.parsed = score is not None
             if score is None:
                 metrics.PARSE_FAILURES.inc()
-                result.error = "judge gave no score from 1 to 10"
+                result.error, result.code = "judge gave no score from 1 to 10", "judge_no_score"
                 continue
             result.judge_score = score
             result.reward = (score - 1) / 9

@@ -30,6 +30,7 @@ from app.scoring import guards
 from app.scoring.fitting import Fitted, PromptFitter
 from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
 from app.scoring.methods.engine_calls import gather
+from app.scoring.outcomes import ItemErrorCode
 from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS, NO_RESPONSE, build_likelihood_prompt
 
 _PREFILL = GenerationParams(max_tokens=1)
@@ -57,6 +58,10 @@ class LikelihoodInputs:
     @property
     def error(self) -> str | None:
         return self.fitted.error
+
+    @property
+    def code(self) -> ItemErrorCode | None:
+        return self.fitted.code
 
     @property
     def truncated(self) -> bool:
@@ -145,7 +150,7 @@ class Likelihood:
     def prepare(self, item: ScoreItem, options: ScoreOptions) -> LikelihoodInputs:
         instruction_ids = self._instruction_ids(item.instruction)
         if not instruction_ids:
-            return LikelihoodInputs(Fitted(error="the instruction is empty"), [], [], (0, 0))
+            return LikelihoodInputs(Fitted(error="the instruction is empty", code="empty_instruction"), [], [], (0, 0))
         k = self.settings.likelihood_distractors if options.distractors is None else options.distractors
         distractor_ids = self._distractor_ids[:k]
         longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])

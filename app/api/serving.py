@@ -1,0 +1,186 @@
+"""The one serving path of every scoring route (/reward, /batch_reward, /rank, /get_reward,
+/slime_reward), so that a new route cannot forget a step:
+
+  readiness (503) -> items per request vs the batch limit and the queue bound (413: a batch that
+  could never be admitted) -> per-field limits (413) -> the deadline (422 past the largest) ->
+  admission (429 with Retry-After) -> the scorer under the deadline (504), cancelled when the
+  client disconnects (499) -> the guard and reward metrics, by method and route.
+
+Two answers to "this item has no reward":
+- report (/reward, /batch_reward, /rank): the item keeps `reward: null` with its `error` and `code`.
+- trainer (/get_reward, /slime_reward; the adapters use /batch_reward and apply the same rule):
+  the whole request fails with an HTTP status the trainer's retry logic handles (503 for an engine
+  error, 502 when the model gave no usable output, 413/422 for an input that can never be scored),
+  so a trainer never meets a null inside a 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from fastapi import Request
+
+from app import metrics
+from app.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from app.api.errors import ApiError
+from app.api.limits import check_item_limits
+from app.api.schemas import ErrorResponse, RewardItem, ScoringOptions
+from app.batching import QueueFull
+from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
+from app.service import FlipService
+
+# Documented so that the OpenAPI document (and the fuzz tests that read it) knows every answer.
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "The body is not readable JSON text (e.g. not UTF-8)."),
+        (408, "The body took too long to arrive."),
+        (413, "Over a limit: body bytes, items, characters per field or messages; the message names it."),
+        (422, "Invalid input; `field` names the offending field."),
+        (429, "The queue cannot take this work within its deadline (see Retry-After)."),
+        (502, "Trainer routes: the model gave no usable output for an item (generate/judge only)."),
+        (503, "The models are loading, or the engine failed (see Retry-After)."),
+        (504, "Not scored within the deadline; the work was aborted."),
+    )
+}
+
+OnItemError = Literal["report", "trainer"]
+
+def ready_service(request: Request) -> FlipService:
+    service: FlipService = request.app.state.service
+    if not service.ready:
+        raise ApiError(503, "not_ready", service.not_ready_reason(), headers={"Retry-After": "5"})
+    return service
+
+
+def request_deadline(service: FlipService, options: ScoringOptions) -> float:
+    settings = service.settings
+    if options.timeout_s is None:
+        return settings.request_timeout_s
+    if options.timeout_s > settings.max_request_timeout_s:
+        raise ApiError(
+            422, "validation_error",
+            f"timeout_s: {options.timeout_s} s is more than the limit of {settings.max_request_timeout_s} s",
+            "timeout_s",
+        )
+    return options.timeout_s
+
+
+def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions:
+    """Per-request options over the server defaults."""
+    defaults = service.settings
+    return ScoreOptions(
+        similarity=options.similarity or defaults.similarity,
+        prompt_mode=options.prompt_mode or defaults.prompt_mode,
+        method=options.method or defaults.method,
+        copy_guard=defaults.copy_guard if options.copy_guard is None else options.copy_guard,
+        distractors=defaults.likelihood_distractors if options.distractors is None else options.distractors,
+    )
+
+
+def guard_of(result: ItemResult) -> str:
+    """Which guard decided this item's reward: the strongest one that acted."""
+    if result.unscorable is not None:
+        return "unscorable"
+    if result.likelihood and result.likelihood.get("keyword_stuffing"):
+        return "keyword_stuffing"
+    if result.copied_fraction:
+        return "copies_deleted"
+    return "none"
+
+
+def record_results(results: Sequence[ItemResult], method: str, route: str) -> None:
+    """The reward-hacking monitor: reward and copied-fraction distributions and guard triggers."""
+    for result in results:
+        if result.error:
+            metrics.ITEM_ERRORS.labels(code=result.code or "engine_error", method=method, route=route).inc()
+            continue
+        metrics.REWARDS.labels(method=method, route=route).observe(result.reward)
+        if result.copied_fraction is not None:
+            metrics.COPIED_FRACTION.labels(method=method, route=route).observe(result.copied_fraction)
+        if result.unscorable is not None:
+            metrics.UNSCORABLE.labels(reason=result.unscorable, method=method, route=route).inc()
+        if result.copied_fraction:  # passages were deleted, whatever came of the rest
+            metrics.GUARD_TRIGGERS.labels(guard="copies_deleted", method=method, route=route).inc()
+        guard = guard_of(result)
+        if guard in ("keyword_stuffing", "unscorable"):
+            metrics.GUARD_TRIGGERS.labels(guard=guard, method=method, route=route).inc()
+
+
+# Per-item error code -> the status a trainer route answers with (its retry logic decides what next).
+_TRAINER_STATUS = {
+    "engine_error": (503, {"Retry-After": "5"}),
+    "no_output": (502, None),
+    "judge_no_score": (502, None),
+    "context_overflow": (413, None),
+    "empty_instruction": (422, None),
+}
+
+
+def fail_on_item_errors(results: Sequence[ItemResult], field_of: Callable[[int], str]) -> None:
+    """Trainer routes: an item without a reward fails the request (the first such item is named)."""
+    for index, result in enumerate(results):
+        if result.error:
+            code = result.code or "engine_error"
+            status, headers = _TRAINER_STATUS.get(code, (503, {"Retry-After": "5"}))
+            raise ApiError(status, code, f"{field_of(index)}: {result.error}", field_of(index), headers=headers)
+
+
+async def score_items(
+    request: Request,
+    items: Sequence[RewardItem],
+    options: ScoringOptions,
+    *,
+    route: str,
+    field: str,
+    on_item_error: OnItemError = "report",
+    field_of: Callable[[int], str] | None = None,
+) -> tuple[FlipService, list[ItemResult]]:
+    """Score `items` as one engine batch through every step above. `field` names the list in a
+    413 (items, responses, query); `field_of(i)` names item i in a per-field error."""
+    service = ready_service(request)
+    settings = service.settings
+    name = field_of or (lambda i: f"{field}[{i}]")
+    # A batch larger than the queue bound could never be admitted: that is a 413, not a 429.
+    limit = min(settings.max_batch_items, settings.max_queued_items)
+    if len(items) > limit:
+        setting = "FLIP_MAX_BATCH_ITEMS" if limit == settings.max_batch_items else "FLIP_MAX_QUEUED_ITEMS"
+        raise ApiError(413, "too_many_items", f"{field}: {len(items)} items, the limit is {limit} ({setting})", field)
+    check_item_limits(list(items), settings, item_field=None if field == "body" else name)
+    deadline = request_deadline(service, options)
+    resolved = score_options(service, options)
+    metrics.ITEMS_PER_REQUEST.observe(len(items))
+
+    scorer = service.scorer
+    assert scorer is not None  # ready_service: the models are loaded
+
+    async def score_within_deadline() -> list[ItemResult]:
+        async with asyncio.timeout(deadline):
+            return await scorer.score([_to_score_item(i) for i in items], resolved)
+
+    try:
+        with service.admission.admit(len(items), deadline):
+            results = await cancel_on_disconnect(request, score_within_deadline())
+    except QueueFull as exc:
+        metrics.REJECTED.inc()
+        # Retry-After: 1 s past the queue bound (clients back off further on repeated 429s); past
+        # the deadline check, about the time until the queue could finish within the deadline.
+        raise ApiError(429, "queue_full", f"server busy: {exc}; retry later",
+                       headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except TimeoutError:
+        metrics.TIMEOUTS.inc()
+        raise ApiError(504, "timeout", f"not scored within the deadline of {deadline:g} s; the work was aborted",
+                       headers={"Retry-After": "5"}) from None
+    except ClientDisconnected:
+        # Nobody is listening; the status is only for the access log and the request metrics.
+        raise ApiError(499, "client_disconnected", "the client disconnected; the work was aborted") from None
+    record_results(results, resolved.method, route)
+    if on_item_error == "trainer":
+        fail_on_item_errors(results, name)
+    return service, results
+
+
+def _to_score_item(item: RewardItem) -> ScoreItem:
+    return ScoreItem(instruction=item.instruction, response=item.response, context=item.context, id=item.id)
