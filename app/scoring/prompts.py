@@ -4,8 +4,9 @@ A prompt is a list of chat messages plus an optional `answer_prefix`: text the a
 starts with, so the model continues it instead of starting from nothing. The engine renders the
 messages with the model's own chat template and appends the prefix.
 
-Change PROMPT_VERSION whenever the wording changes: rewards from two versions are not comparable,
-and /info reports the version in use.
+Change PROMPT_VERSION whenever the wording changes, or a scoring change moves rewards (a guard, a
+floor, the reward arithmetic): rewards from two versions are not comparable. /info and every reward
+response report the version in use; CHANGELOG.md lists what changed in each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from app.config import PromptMode
 
-PROMPT_VERSION = "flip-prompts-v1"
+PROMPT_VERSION = "flip-prompts-v2"
 
 _SYSTEM_PAPER = (
     "You reconstruct instructions. You are shown a response that an AI assistant wrote. "
