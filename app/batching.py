@@ -60,22 +60,23 @@ class MicroBatcher(Generic[T, R]):
         if not items:
             return []
         if self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue()  # a new worker (and queue) on this event loop
             self._held = None
-            self._worker = asyncio.create_task(self._work(), name="micro-batcher")
-        submission = _Submission(items, asyncio.get_running_loop().create_future())
+            self._worker = asyncio.create_task(self._work(self._queue), name="micro-batcher")
+        assert self._queue is not None
+        submission: _Submission[T, R] = _Submission(items, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(submission)
         return await submission.future
 
-    async def _next_batch(self) -> list[_Submission[T, R]]:
-        first = self._held or await self._queue.get()
+    async def _next_batch(self, queue: asyncio.Queue[_Submission[T, R]]) -> list[_Submission[T, R]]:
+        first = self._held or await queue.get()
         self._held = None
         batch, size = [first], len(first.items)
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while size < self.max_batch_size:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                nxt = self._queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self._queue.get(), remaining)
+                nxt = queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(queue.get(), remaining)
             except (asyncio.QueueEmpty, TimeoutError):
                 break
             if size + len(nxt.items) > self.max_batch_size:
@@ -85,9 +86,9 @@ class MicroBatcher(Generic[T, R]):
             size += len(nxt.items)
         return batch
 
-    async def _work(self) -> None:
+    async def _work(self, queue: asyncio.Queue[_Submission[T, R]]) -> None:
         while True:
-            batch = [s for s in await self._next_batch() if not s.future.done()]  # drop cancelled callers
+            batch = [s for s in await self._next_batch(queue) if not s.future.done()]  # drop cancelled callers
             if not batch:
                 continue
             items = [item for s in batch for item in s.items]

@@ -142,5 +142,5 @@ def create_app(
                 app.openapi_schema = document_bearer_auth(plain_openapi(), public)
             return app.openapi_schema
 
-        app.openapi = openapi_with_auth
+        app.openapi = openapi_with_auth  # type: ignore[method-assign]  # FastAPI's documented override
     return app

@@ -23,7 +23,7 @@ from app.config import Settings
 log = logging.getLogger(__name__)
 
 # After the drain, uvicorn's own wait for connections to close: short, the drain did the waiting.
-_FINAL_WAIT_S = 2.0
+_FINAL_WAIT_S = 2
 
 
 class DrainingServer(uvicorn.Server):

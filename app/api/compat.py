@@ -97,7 +97,7 @@ async def openrlhf_get_reward(
     """OpenRLHF remote reward model: one query or a batch; a number for every query."""
     service = ready_service(request)
     single = isinstance(body.query, str)
-    queries = [body.query] if single else body.query
+    queries: list[str] = [body.query] if isinstance(body.query, str) else body.query
     if not queries:
         raise ApiError(422, "validation_error", "query: must not be empty", "query")
     prompts = _as_list(body.prompts, len(queries), "prompts", single)

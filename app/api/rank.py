@@ -15,8 +15,8 @@ router = APIRouter(tags=["reward"])
 def rank_order(rewards: list[float | None]) -> list[int]:
     """Indices best first. Equal rewards keep input order (lowest index first), so the ranking
     is deterministic; responses without a reward come last."""
-    scored = sorted((i for i, r in enumerate(rewards) if r is not None), key=lambda i: (-rewards[i], i))
-    return scored + [i for i, r in enumerate(rewards) if r is None]
+    scored = sorted(((-r, i) for i, r in enumerate(rewards) if r is not None))
+    return [i for _, i in scored] + [i for i, r in enumerate(rewards) if r is None]
 
 
 @router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES)

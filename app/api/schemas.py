@@ -77,7 +77,10 @@ class RewardItem(BaseModel):
 
     @property
     def instruction(self) -> str:
-        return self.prompt if self.prompt is not None else self.messages[-1].content
+        if self.prompt is not None:
+            return self.prompt
+        assert self.messages, "validated: prompt or messages is set"
+        return self.messages[-1].content
 
     @property
     def context(self) -> tuple[dict[str, str], ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 
@@ -32,7 +32,7 @@ from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
 from app.service import FlipService
 
 # Documented so that the OpenAPI document (and the fuzz tests that read it) knows every answer.
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
     for status, what in (
         (400, "The body is not readable JSON text (e.g. not UTF-8)."),
@@ -97,7 +97,8 @@ def record_results(results: Sequence[ItemResult], method: str, route: str) -> No
         if result.error:
             metrics.ITEM_ERRORS.labels(code=result.code or "engine_error", method=method, route=route).inc()
             continue
-        metrics.REWARDS.labels(method=method, route=route).observe(result.reward)
+        if result.reward is not None:
+            metrics.REWARDS.labels(method=method, route=route).observe(result.reward)
         if result.copied_fraction is not None:
             metrics.COPIED_FRACTION.labels(method=method, route=route).observe(result.copied_fraction)
         if result.unscorable is not None:

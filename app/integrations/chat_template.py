@@ -65,8 +65,7 @@ def parse_chat(text: str) -> Messages | None:
     A trailing empty assistant turn (the generation prompt) is kept with content ''."""
     for marker, pattern in _TURN_TEMPLATES:
         if marker in text:
-            turns = [(role, content) for role, content in pattern.findall(text)]
-            return _clean_turns(turns)
+            return _clean_turns([(role, content) for role, content in pattern.findall(text)])
     if "[INST]" in text and "[/INST]" in text:
         turns: list[tuple[str, str]] = []
         for user, assistant in _INST.findall(text):
@@ -81,8 +80,8 @@ def parse_chat(text: str) -> Messages | None:
 
 def _clean_turns(turns: list[tuple[str, str]]) -> Messages:
     messages = []
-    for role, content in turns:
-        role = _ROLES.get(role.lower())
+    for name, content in turns:
+        role = _ROLES.get(name.lower())
         if role is None:  # tool / ipython turns say nothing about the instruction
             continue
         messages.append({"role": role, "content": strip_special_tokens(content)})
