@@ -96,7 +96,11 @@ class FakeEngine(Engine):
             self.last_params = params
             self.running += 1
             try:
-                await asyncio.sleep(self.delay_s)
+                deadline = time.monotonic() + self.delay_s
+                while (left := deadline - time.monotonic()) > 0:  # a failure ends the wait, as in the real engines
+                    if self.failure is not None:
+                        raise EngineUnavailable(f"fake engine failed: {self.failure}")
+                    await asyncio.sleep(min(left, 0.01))
             finally:
                 self.running -= 1
             await asyncio.sleep(0)
@@ -111,6 +115,9 @@ class FakeEngine(Engine):
         prefix = '{"REASONING": "'
         if text.startswith(prefix):
             text = text[len(prefix):]
+        words = text.split(" ")
+        if len(words) > params.max_tokens:  # one token per word, as the tokenizer counts
+            return Generation(" ".join(words[:params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
