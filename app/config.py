@@ -191,6 +191,11 @@ class Settings(BaseSettings):
         8, ge=0, description="Most extra requests outstanding on a prefix-holding server before a prompt goes "
         "to the least busy one instead.",
     )
+    remote_resolve_s: float = Field(
+        0.0, ge=0, description="Every this many seconds, resolve each remote URL's host and use one server per "
+        "address (a headless Service: one per vLLM pod, so balancing and prefix affinity work per pod). 0: the "
+        "URLs as given.",
+    )
     remote_connection_lifetime_s: float = Field(
         60.0, ge=0, description="Connections to a remote server are renewed after this long, so a Kubernetes "
         "Service URL spreads over its pods (new TCP connections, new DNS look-ups). 0: kept.",

@@ -113,8 +113,7 @@ class FakeEngine(Engine):
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'
-        if text.startswith(prefix):
-            text = text[len(prefix):]
+        text = text.removeprefix(prefix)
         words = text.split(" ")
         if len(words) > params.max_tokens:  # one token per word, as the tokenizer counts
             return Generation(" ".join(words[:params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")

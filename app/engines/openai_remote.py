@@ -26,8 +26,10 @@ token ids: the server sees exactly the ids the in-process engine would get.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ class _Pool:
 @dataclass
 class Backend:
     url: str
+    source: str = ""  # the configured URL it was resolved from
     down_until: float = 0.0  # monotonic time before which the URL is skipped
     failures: int = 0  # consecutive
     failures_total: int = 0
@@ -134,7 +137,7 @@ class Backend:
 
     def state(self) -> dict[str, Any]:
         cooling = max(0.0, self.down_until - time.monotonic())
-        return {"url": self.url, "outstanding": self.outstanding, "requests": self.requests_total,
+        return {"url": self.url, "source": self.source, "outstanding": self.outstanding, "requests": self.requests_total,
                 "failures": self.failures_total, "consecutive_failures": self.failures,
                 "cooling_down": cooling > 0, "cooldown_left_s": round(cooling, 2), "last_error": self.last_error}
 
@@ -155,13 +158,20 @@ class RemoteEngine(Engine):
         prefix_affinity: bool = True,
         affinity_max_imbalance: int = 8,
         prompt_logprobs_endpoint: PromptLogprobsEndpoint = "completions",
+        resolve_s: float = 0.0,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("the remote engine needs at least one URL")
         self.model_name = model_name
         self.max_model_len = max_model_len
-        self.backends = [Backend(url.rstrip("/")) for url in urls]
+        self.urls = [url.rstrip("/") for url in urls]  # as configured
+        self.backends: list[Backend] = []  # as used: the URLs, or one per address they resolve to
+        self.resolve_s = resolve_s
+        self._resolver = resolve_addresses
+        self._resolving: asyncio.Task | None = None
+        self._resolved = asyncio.Event()
+        self._set_backends({url: url for url in self.urls})
         self.retries = retries
         self.prefix_affinity = prefix_affinity
         self.affinity_max_imbalance = affinity_max_imbalance
@@ -179,9 +189,42 @@ class RemoteEngine(Engine):
         self._closed = False
         self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
         self.cached_tokens = 0
+
+    def _set_backends(self, targets: dict[str, str]) -> None:
+        """Use these servers (URL -> the configured URL it came from); one already known keeps its
+        state (load, failures, prefixes). One that left is no longer chosen; its requests in flight
+        finish."""
+        known = {b.url: b for b in self.backends}
+        self.backends = [known.get(url) or Backend(url, source=source) for url, source in targets.items()]
         for backend in self.backends:  # read at scrape time; the latest engine of a process wins
-            metrics.REMOTE_SERVER_OUTSTANDING.labels(url=backend.url).set_function(lambda b=backend: b.outstanding)
-            metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(lambda b=backend: float(not b.up))
+            if backend.url not in known:
+                metrics.REMOTE_SERVER_OUTSTANDING.labels(url=backend.url).set_function(lambda b=backend: b.outstanding)
+                metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(lambda b=backend: float(not b.up))
+        for gone in set(known) - set(targets):
+            log.info("remote server %s left the fleet", gone)
+            pool = known[gone].pool
+            if pool is not None:
+                self._retire(pool)
+
+    async def refresh_backends(self) -> None:
+        """Resolve each configured URL's host again (a headless Service: one address per ready pod)
+        and use one backend per address; a URL that does not resolve keeps its current servers."""
+        targets: dict[str, str] = {}
+        for configured in self.urls:
+            try:
+                resolved = await self._resolver(configured)
+            except OSError as exc:
+                log.warning("cannot resolve %s (%s); keeping its servers", configured, exc)
+                resolved = [b.url for b in self.backends if b.source == configured]
+            for url in resolved or [configured]:
+                targets.setdefault(url, configured)
+        self._set_backends(targets)
+        self._resolved.set()
+
+    async def _resolve_forever(self) -> None:
+        while not self._closed:
+            await self.refresh_backends()
+            await asyncio.sleep(self.resolve_s)
 
     @classmethod
     def start(cls, settings: Settings) -> RemoteEngine:
@@ -224,6 +267,7 @@ class RemoteEngine(Engine):
             prefix_affinity=settings.remote_prefix_affinity,
             affinity_max_imbalance=settings.remote_affinity_max_imbalance,
             prompt_logprobs_endpoint=endpoint,
+            resolve_s=settings.remote_resolve_s,
         )
 
     @property
@@ -305,6 +349,11 @@ class RemoteEngine(Engine):
         self._check_alive()
         if self._failed is None:
             self._failed = asyncio.get_running_loop().create_future()
+        if self.resolve_s > 0:
+            if self._resolving is None:
+                self._resolving = asyncio.ensure_future(self._resolve_forever())
+            if not self._resolved.is_set():  # the first resolution before the first choice
+                await asyncio.wait([asyncio.ensure_future(self._resolved.wait())], timeout=10.0)
         if self.outstanding_requests == 0:
             self.last_progress_at = time.monotonic()  # an idle fleet has not stalled
         self.outstanding_requests += 1
@@ -455,11 +504,29 @@ class RemoteEngine(Engine):
 
     async def shutdown(self) -> None:
         self._closed = True
+        if self._resolving is not None:
+            self._resolving.cancel()
         pools = [b.pool for b in self.backends if b.pool is not None] + list(self._retired)
         for backend in self.backends:
             backend.pool = None
         self._retired.clear()
         await asyncio.gather(*(pool.client.aclose() for pool in pools))
+
+
+async def resolve_addresses(url: str) -> list[str]:
+    """The URL once per address its host resolves to (an IP literal: the URL itself)."""
+    parsed = httpx.URL(url)
+    host = parsed.host
+    try:
+        ipaddress.ip_address(host)
+        return [url]
+    except ValueError:
+        pass
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = sorted({str(info[4][0]) for info in infos})
+    path = parsed.raw_path.decode().rstrip("/")
+    return [f"{parsed.scheme}://{f'[{a}]' if ':' in a else a}:{port}{path}" for a in addresses]
 
 
 def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> list[float | None]:

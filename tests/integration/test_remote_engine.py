@@ -125,9 +125,9 @@ def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fle
 
     bert = AutoTokenizer.from_pretrained(resolve_embedding_model(None))
     bert.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    with httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=30) as http:
-        with pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently"):
-            check_tokenizer(http, fleet.urls[0], BUILTIN_LLM_NAME, bert, "all-MiniLM")
+    with (httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=30) as http,
+          pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently")):
+        check_tokenizer(http, fleet.urls[0], BUILTIN_LLM_NAME, bert, "all-MiniLM")
 
 
 def test_the_fleets_api_key_is_needed_and_sent(fleet):
@@ -209,7 +209,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(fleet, tmp_path)
     def post(k: int) -> None:
         try:
             answers[k] = httpx.post(front.url + "/batch_reward", json={"items": items}, timeout=300)
-        except Exception as exc:  # recorded and asserted on below
+        except Exception as exc:  # noqa: BLE001  # recorded and asserted on below
             answers[k] = exc
 
     senders = [threading.Thread(target=post, args=(k,)) for k in range(2)]
@@ -257,7 +257,7 @@ def test_fleet_survives_a_server_dying_mid_batch(fleet, remote_front, local_rewa
     def post() -> None:
         try:
             answer["batch"] = httpx.post(remote_front.url + "/batch_reward", json={"items": items}, timeout=300)
-        except Exception as exc:  # asserted on below
+        except Exception as exc:  # noqa: BLE001  # asserted on below
             answer["batch"] = exc
 
     sender = threading.Thread(target=post)

@@ -10,7 +10,6 @@ import json
 
 import httpx
 import pytest
-
 from prometheus_client import REGISTRY
 
 from app.config import Settings
@@ -390,3 +389,44 @@ def test_remote_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FLIP_REMOTE_URLS")
     with pytest.raises(ValueError, match="remote_urls"):
         Settings()
+
+
+async def test_a_headless_service_is_one_server_per_pod_and_follows_scaling():
+    pods = {"http://vllm-pods:8000": ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]}
+
+    async def resolver(url: str) -> list[str]:
+        if url not in pods:
+            raise OSError("no such host")
+        return pods[url]
+
+    hosts: list[str] = []
+
+    def handler(request):
+        hosts.append(request.url.host)
+        return httpx.Response(200, json=completion())
+
+    remote = engine(handler, urls=["http://vllm-pods:8000"], resolve_s=3600)
+    remote._resolver = resolver
+    await remote.generate([1], PARAMS)
+    await remote.generate([1], PARAMS)
+    assert sorted(hosts) == ["10.0.0.1", "10.0.0.2"]
+    first = next(b for b in remote.backends if b.url == "http://10.0.0.1:8000")
+    first.failures_total = 5
+    pods["http://vllm-pods:8000"] = ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]  # scaled: a pod replaced
+    await remote.refresh_backends()
+    assert [b.url for b in remote.backends] == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
+    assert remote.backends[0] is first and first.failures_total == 5  # a known pod keeps its record
+    assert {s["source"] for s in remote.stats()["servers"]} == {"http://vllm-pods:8000"}
+    del pods["http://vllm-pods:8000"]  # DNS down: keep what we have
+    await remote.refresh_backends()
+    assert [b.url for b in remote.backends] == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
+    await remote.shutdown()
+
+
+async def test_resolve_addresses_of_a_name_and_of_an_ip_literal():
+    from app.engines.openai_remote import resolve_addresses
+
+    assert await resolve_addresses("http://127.0.0.1:8001") == ["http://127.0.0.1:8001"]
+    assert await resolve_addresses("http://localhost:8001/v") in (["http://127.0.0.1:8001/v"],
+                                                                 ["http://127.0.0.1:8001/v", "http://[::1]:8001/v"],
+                                                                 ["http://[::1]:8001/v", "http://127.0.0.1:8001/v"])
