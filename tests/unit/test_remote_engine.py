@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -430,3 +431,43 @@ async def test_resolve_addresses_of_a_name_and_of_an_ip_literal():
     assert await resolve_addresses("http://localhost:8001/v") in (["http://127.0.0.1:8001/v"],
                                                                  ["http://127.0.0.1:8001/v", "http://[::1]:8001/v"],
                                                                  ["http://[::1]:8001/v", "http://127.0.0.1:8001/v"])
+
+
+# --- the service in remote mode (the reported failures: /info 500, the watchdog dying on its first tick)
+
+
+def fleet_of_mocks(request: httpx.Request) -> httpx.Response:
+    """Two scripted vLLM servers: completions, and prompt logprobs through /inference/v1/generate."""
+    body = json.loads(request.content)
+    if request.url.path == "/inference/v1/generate":
+        ids = body["token_ids"]
+        return httpx.Response(200, json=generated(ids, cached=0))
+    return httpx.Response(200, json=completion('Explain the sky"'))
+
+
+def test_info_and_watchdog_work_in_remote_mode(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.service import FlipService
+    from tests.fakes import HashEmbedder
+    from tests.unit.conftest import _wait_ready
+
+    remote = RemoteEngine(["http://a", "http://b"], "m", tokenizer=WordTokenizer(), max_model_len=2048,
+                          transport=httpx.MockTransport(fleet_of_mocks), prompt_logprobs_endpoint="generate")
+    settings = Settings(cache_dir=tmp_path, watchdog_interval_s=0.01)
+    service = FlipService(settings, engine_factory=lambda s: remote, embedder_factory=lambda s: HashEmbedder())
+    with TestClient(create_app(settings, service)) as client:
+        _wait_ready(client)
+        item = {"prompt": "Explain why the sky is blue", "response": "Sunlight scatters off the air molecules."}
+        assert client.post("/reward", json=item).json()["reward"] is not None
+        assert client.post("/reward", json={**item, "method": "generate"}).json()["reward"] is not None
+        time.sleep(0.1)  # ten watchdog ticks
+        assert not service._watchdog.done()
+        info = client.get("/info")
+        assert info.status_code == 200
+        engine = info.json()["throughput"]["engine"]
+        assert {s["url"] for s in engine["servers"]} == {"http://a", "http://b"}
+        assert sum(s["requests"] for s in engine["servers"]) > 0 and engine["unfinished_requests"] == 0
+        metrics_text = client.get("/metrics").text
+        assert 'flip_remote_server_outstanding{url="http://a"}' in metrics_text
