@@ -171,7 +171,6 @@ class RemoteEngine(Engine):
         self._resolver = resolve_addresses
         self._resolving: asyncio.Task | None = None
         self._resolved = asyncio.Event()
-        self._set_backends({url: url for url in self.urls})
         self.retries = retries
         self.prefix_affinity = prefix_affinity
         self.affinity_max_imbalance = affinity_max_imbalance
@@ -189,6 +188,7 @@ class RemoteEngine(Engine):
         self._closed = False
         self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
         self.cached_tokens = 0
+        self._set_backends({url: url for url in self.urls})
 
     def _set_backends(self, targets: dict[str, str]) -> None:
         """Use these servers (URL -> the configured URL it came from); one already known keeps its

@@ -166,6 +166,19 @@ async def test_cancelled_request_is_aborted_on_the_server(fleet):
         await engine.shutdown()
 
 
+async def test_structured_output_regex_reaches_the_fleet(fleet):
+    from app.engines.openai_remote import RemoteEngine
+
+    settings = Settings(engine="remote", remote_urls=fleet.urls[:1], remote_api_key=fleet.api_key, remote_wait_s=0)
+    engine = await asyncio.to_thread(RemoteEngine.start, settings)
+    try:
+        ids = engine.tokenizer.encode("Write a word:", add_special_tokens=False)
+        out = await engine.generate(ids, GenerationParams(max_tokens=8, regex="[0-9]{3}"))
+    finally:
+        await engine.shutdown()
+    assert re.fullmatch("[0-9]{3}", out.text), out.text
+
+
 async def test_watchdog_fails_a_fleet_that_stops_answering(fleet):
     """Both servers stopped (SIGSTOP: the port still accepts, nothing answers): the watchdog calls
     the fleet hung and the request in flight gets EngineUnavailable long before its timeout."""
