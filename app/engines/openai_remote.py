@@ -449,13 +449,18 @@ class RemoteEngine(Engine):
             return await self._completion_prompt_logprobs(prompt_token_ids)
         # As in process (vllm_local): read the prefix cache when only a tail is needed; positions
         # served from the cache have no logprob, so a prompt found cached into the tail runs again.
+        # A request preempted and resumed finds more of its prompt cached than it reported, and those
+        # slots are unwritten too (no entry for the prompt token): it also runs again without the cache.
         use_cache = scored_from > 1
         logprobs, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=use_cache)
-        if use_cache and cached >= scored_from:
+        if use_cache and (cached >= scored_from or logprobs is None):
             logprobs, _ = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=False)
+        if logprobs is None:
+            raise RemoteRequestError(f"{GENERATE_PATH} returned prompt logprobs that do not match the prompt")
         return logprobs
 
-    async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[list[float | None], int]:
+    async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[list[float | None] | None, int]:
+        """The prompt logprobs (None where they do not match the prompt) and the cached-token count."""
         payload = {"model": self.model_name, "token_ids": ids,
                    "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
                                        "detokenize": False, "skip_reading_prefix_cache": not read_cache}}
@@ -464,7 +469,10 @@ class RemoteEngine(Engine):
         if cached is None:
             raise RemoteRequestError(f"{GENERATE_PATH} gave no cached-token count "
                                      "(start vllm serve with --enable-prompt-tokens-details)")
-        return read_logprobs(ids, body.get("prompt_logprobs"), cached), cached
+        try:
+            return read_logprobs(ids, body.get("prompt_logprobs"), cached), cached
+        except KeyError:
+            return None, cached
 
     async def _completion_prompt_logprobs(self, ids: list[int]) -> list[float | None]:
         # vLLM's extra parameter `prompt_logprobs`: 0 gives the logprob of the actual token at
@@ -473,7 +481,10 @@ class RemoteEngine(Engine):
                    "prompt_logprobs": 0}
         body = await self._post(COMPLETIONS_PATH, payload, ids)
         self._count_usage(body)
-        return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), 0)
+        try:
+            return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), 0)
+        except KeyError as exc:
+            raise RemoteRequestError(f"{COMPLETIONS_PATH} returned prompt logprobs that do not match the prompt") from exc
 
     def is_healthy(self) -> bool:
         """Ready while some server is not cooling down after failures."""
@@ -532,9 +543,12 @@ async def resolve_addresses(url: str) -> list[str]:
 def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> list[float | None]:
     """Each prompt token's logprob from a prompt_logprobs list (JSON: token ids as strings), None for
     the first and for positions served from the prefix cache (position k needs the hidden state at
-    k - 1; vLLM leaves the slots of cached positions unwritten)."""
+    k - 1; vLLM leaves the slots of cached positions unwritten). KeyError where a position lacks its
+    prompt token (an unwritten slot past `cached`)."""
     if positions is None:
         raise RemoteRequestError("the remote server does not return prompt_logprobs")
+    if len(positions) != len(ids):
+        raise KeyError(f"{len(positions)} positions for {len(ids)} prompt tokens")
     return [None if position is None or k <= cached else position[str(token_id)]["logprob"]
             for k, (token_id, position) in enumerate(zip(ids, positions))]
 

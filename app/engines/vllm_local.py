@@ -225,7 +225,15 @@ class VLLMEngine(Engine):
         out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=use_cache))
         if use_cache and cache_reached(out, scored_from):  # once more, computing every position
             out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
-        return read_prompt_logprobs(out)
+        try:
+            return read_prompt_logprobs(out)
+        except KeyError:
+            # Preempted and resumed, the request found more of its prompt cached than it reports:
+            # those slots are unwritten too. Once more, computing every position.
+            if not use_cache:
+                raise
+            return read_prompt_logprobs(
+                await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False)))
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

@@ -471,3 +471,18 @@ def test_info_and_watchdog_work_in_remote_mode(tmp_path):
         assert sum(s["requests"] for s in engine["servers"]) > 0 and engine["unfinished_requests"] == 0
         metrics_text = client.get("/metrics").text
         assert 'flip_remote_server_outstanding{url="http://a"}' in metrics_text
+
+
+async def test_unwritten_slots_past_the_reported_cache_run_again_without_it():
+    """A request preempted and resumed finds more of its prompt cached than it reports: those
+    positions hold no entry for the prompt token. The request runs again, computing every position."""
+    ids = list(range(10, 20))
+    resumed = generated(ids, cached=2)
+    resumed["prompt_logprobs"][5] = {"0": {"logprob": -0.5}}  # an unwritten slot past the reported 2
+    script = Script({"a": [(200, resumed), (200, generated(ids, cached=0))]})
+    remote = engine(script, urls=["http://a"], prompt_logprobs_endpoint="generate")
+    assert await remote.prompt_logprobs(ids, scored_from=6) == [None] + [-float(k) for k in range(1, 10)]
+    assert json.loads(script.requests[1].content)["sampling_params"]["skip_reading_prefix_cache"] is True
+    short = Script({"a": [(200, {**generated(ids, cached=0), "prompt_logprobs": [None] * 3})]})
+    with pytest.raises(RemoteRequestError, match="do not match the prompt"):
+        await engine(short, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids)
