@@ -452,7 +452,14 @@ class RemoteEngine(Engine):
         # A request preempted and resumed finds more of its prompt cached than it reported, and those
         # slots are unwritten too (no entry for the prompt token): it also runs again without the cache.
         use_cache = scored_from > 1
-        logprobs, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=use_cache)
+        try:
+            logprobs, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=use_cache)
+        except RemoteRequestError as exc:
+            # vLLM serializes the unwritten slots too; NaN garbage there makes it answer 400 ("Out of
+            # range float values are not JSON compliant"). Without the cache every slot is written.
+            if not (use_cache and "JSON compliant" in str(exc)):
+                raise
+            logprobs, cached = None, scored_from
         if use_cache and (cached >= scored_from or logprobs is None):
             logprobs, _ = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=False)
         if logprobs is None:

@@ -486,3 +486,16 @@ async def test_unwritten_slots_past_the_reported_cache_run_again_without_it():
     short = Script({"a": [(200, {**generated(ids, cached=0), "prompt_logprobs": [None] * 3})]})
     with pytest.raises(RemoteRequestError, match="do not match the prompt"):
         await engine(short, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids)
+
+
+async def test_garbage_in_cached_slots_that_vllm_cannot_serialize_runs_again_without_the_cache():
+    """Seen against vllm serve under load: NaN in an unwritten slot, and vLLM answers 400."""
+    ids = list(range(10, 20))
+    nan = {"error": {"message": "Out of range float values are not JSON compliant", "type": "BadRequestError"}}
+    script = Script({"a": [(400, nan), (200, generated(ids, cached=0))]})
+    remote = engine(script, urls=["http://a"], prompt_logprobs_endpoint="generate")
+    assert await remote.prompt_logprobs(ids, scored_from=6) == [None] + [-float(k) for k in range(1, 10)]
+    assert json.loads(script.requests[1].content)["sampling_params"]["skip_reading_prefix_cache"] is True
+    other = Script({"a": [(400, {"error": {"message": "prompt too long"}})]})
+    with pytest.raises(RemoteRequestError, match="too long"):
+        await engine(other, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids, 6)
