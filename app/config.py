@@ -162,10 +162,13 @@ class Settings(BaseSettings):
     )
     remote_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated base URLs of OpenAI-compatible servers (e.g. http://vllm:8000), used in turn.",
+        description="Comma-separated base URLs of OpenAI-compatible servers (e.g. http://vllm:8000); each request "
+        "goes to the least busy one (or the one holding its prompt's prefix).",
     )
     remote_model: str | None = Field(
-        None, description="Model name to request from the remote servers. Unset: the first one they list."
+        None, description="Model name to request from the remote servers (a --served-model-name). Unset: the one "
+        "named like FLIP_MODEL. Either way it must be FLIP_MODEL's model (checked at start, with a tokenization "
+        "round trip through /tokenize).",
     )
     remote_max_concurrency: int = Field(64, ge=1, description="Most requests in flight to the remote servers.")
     remote_timeout_s: float = Field(120.0, gt=0, description="Timeout of one remote request, seconds.")
@@ -176,6 +179,42 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: how long in-flight requests may take to finish before the exit."
     )
+    remote_api_key: SecretStr | None = Field(
+        None, description="API key sent to the remote servers as Authorization: Bearer (vllm serve --api-key)."
+    )
+    remote_api_key_file: Path | None = Field(
+        None, description="File holding the remote servers' API key (e.g. a mounted secret); wins over remote_api_key."
+    )
+    remote_prompt_logprobs: Literal["auto", "generate", "completions"] = Field(
+        "auto",
+        description="Where prompt log-probabilities are asked: generate (vLLM's /inference/v1/generate, which may "
+        "read the prefix cache: vllm serve --enable-scale-out --enable-prompt-tokens-details), completions "
+        "(/v1/completions: every request prefills its whole prompt), auto (generate where offered).",
+    )
+    remote_prefix_affinity: bool = Field(
+        True, description="Send a prompt to the server that was sent its longest prefix (an item's distractors "
+        "follow its response), unless that server is busier by more than remote_affinity_max_imbalance.",
+    )
+    remote_affinity_max_imbalance: int = Field(
+        8, ge=0, description="Most extra requests outstanding on a prefix-holding server before a prompt goes "
+        "to the least busy one instead.",
+    )
+    remote_resolve_s: float = Field(
+        0.0, ge=0, description="Every this many seconds, resolve each remote URL's host and use one server per "
+        "address (a headless Service: one per vLLM pod, so balancing and prefix affinity work per pod). 0: the "
+        "URLs as given.",
+    )
+    remote_connection_lifetime_s: float = Field(
+        60.0, ge=0, description="Connections to a remote server are renewed after this long, so a Kubernetes "
+        "Service URL spreads over its pods (new TCP connections, new DNS look-ups). 0: kept.",
+    )
+
+    def remote_api_key_value(self) -> str | None:
+        """The fleet's API key: the file's first line if remote_api_key_file is set, else remote_api_key."""
+        if self.remote_api_key_file is not None:
+            lines = self.remote_api_key_file.read_text().strip().splitlines()
+            return lines[0].strip() if lines else None
+        return self.remote_api_key.get_secret_value() if self.remote_api_key else None
 
     @field_validator("engine", mode="before")
     @classmethod

@@ -55,6 +55,16 @@ COPIED_FRACTION = Histogram(
 REMOTE_REQUESTS = Counter(
     "flip_remote_requests_total", "Requests to remote OpenAI-compatible servers by URL and outcome.", ["url", "outcome"]
 )
+REMOTE_SERVER_OUTSTANDING = Gauge(
+    "flip_remote_server_outstanding", "Requests sent to a remote server and not answered yet.", ["url"]
+)
+REMOTE_SERVER_COOLING = Gauge(
+    "flip_remote_server_cooling_down", "1 while a remote server is skipped after a failure, else 0.", ["url"]
+)
+REMOTE_SERVER_FAILURES = Counter(
+    "flip_remote_server_failures_total", "Remote server failures (transport error, 5xx, 429) that cooled it down.",
+    ["url"],
+)
 # --- throughput: batching, caching, backpressure (names used by the Grafana dashboard)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QUEUE_DEPTH = Gauge("flip_queue_depth", "Items accepted and not yet scored, over all requests.")

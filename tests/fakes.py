@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
 
 import numpy as np
 
-from app.engines.base import EngineUnavailable, Generation, GenerationParams
+from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
 
 
 class WordTokenizer:
@@ -51,13 +52,14 @@ def echo_response(prompt: str) -> str:
     return json.dumps({"REASONING": "it explains", "INFERRED INSTRUCTION": "Explain " + " ".join(body[:6])})
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Answers with reply(prompt_text); the answer prefix the scorer adds is cut off first."""
 
     def __init__(self, reply: Callable[[str], str] = echo_response, max_model_len: int = 512) -> None:
+        super().__init__()
         self.model_name = "fake-model"
         self.max_model_len = max_model_len
-        self.tokenizer = WordTokenizer()
+        self._tokenizer = WordTokenizer()
         self.reply = reply
         self.healthy = True
         self.calls: list[list[int]] = []
@@ -66,47 +68,66 @@ class FakeEngine:
         self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
         self.running = 0  # generations in progress; a cancelled one leaves at once
         self.last_params: GenerationParams | None = None
-        self.outstanding_requests = 0
-        self.last_progress_at = 0.0
-        self.failure: str | None = None
         self.stuck = False  # True: generate() hangs like a stuck engine until mark_failed()
+
+    @property
+    def tokenizer(self) -> WordTokenizer:
+        return self._tokenizer
 
     def mark_failed(self, reason: str) -> None:
         self.failure = reason
         self.healthy = False
 
+    def _start(self) -> None:
+        if self.failure is not None or not self.healthy:
+            raise EngineUnavailable(f"fake engine is down: {self.failure}")
+        if self.outstanding_requests == 0:
+            self.last_progress_at = time.monotonic()  # an idle engine has not stalled
+        self.outstanding_requests += 1
+
+    def _finish(self) -> None:
+        self.outstanding_requests -= 1
+        self.last_progress_at = time.monotonic()
+
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
-        if not self.healthy:
-            raise EngineUnavailable("fake engine is down")
-        self.calls.append(prompt_token_ids)
-        self.last_params = params
-        self.running += 1
+        self._start()
         try:
-            await asyncio.sleep(self.delay_s)
-        finally:
-            self.running -= 1
-        await asyncio.sleep(0)
-        if self.stuck:
-            self.outstanding_requests += 1
+            self.calls.append(prompt_token_ids)
+            self.last_params = params
+            self.running += 1
             try:
-                while self.healthy:  # stuck until the watchdog fails the engine
-                    await asyncio.sleep(0.01)
+                deadline = time.monotonic() + self.delay_s
+                while (left := deadline - time.monotonic()) > 0:  # a failure ends the wait, as in the real engines
+                    if self.failure is not None:
+                        raise EngineUnavailable(f"fake engine failed: {self.failure}")
+                    await asyncio.sleep(min(left, 0.01))
             finally:
-                self.outstanding_requests -= 1
-            raise EngineUnavailable(f"fake engine failed: {self.failure}")
+                self.running -= 1
+            await asyncio.sleep(0)
+            while self.stuck and self.healthy:  # stuck until the watchdog fails the engine
+                await asyncio.sleep(0.01)
+            if self.stuck:
+                raise EngineUnavailable(f"fake engine failed: {self.failure}")
+        finally:
+            self._finish()
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'
-        if text.startswith(prefix):
-            text = text[len(prefix):]
+        text = text.removeprefix(prefix)
+        words = text.split(" ")
+        if len(words) > params.max_tokens:  # one token per word, as the tokenizer counts
+            return Generation(" ".join(words[:params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         """A copying model: a word seen earlier in the prompt is likely (-0.1), a new one is not (-3)."""
-        if not self.healthy:
-            raise EngineUnavailable("fake engine is down")
-        self.calls.append(prompt_token_ids)
-        self.scored_from.append(scored_from)
+        self._start()
+        try:
+            self.calls.append(prompt_token_ids)
+            self.scored_from.append(scored_from)
+            await asyncio.sleep(0)
+        finally:
+            self._finish()
         return [None] + [-0.1 if t in prompt_token_ids[:i] else -3.0 for i, t in enumerate(prompt_token_ids) if i > 0]
 
     def is_healthy(self) -> bool:

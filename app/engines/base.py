@@ -7,8 +7,10 @@ the scorer, with the engine's tokenizer, so every engine sees exactly the same t
 
 from __future__ import annotations
 
+import abc
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,33 +34,65 @@ class EngineUnavailable(RuntimeError):
     """The engine is dead or shutting down: the request should fail with 503, not a reward."""
 
 
-class Engine(Protocol):
+class Engine(abc.ABC):
+    """What every engine implements: in process (vllm_local), remote (openai_remote), the unit tests'
+    fake (tests/fakes.py). An abstract base, so an engine that misses a method fails when it is
+    built, in every test, not on the first watchdog tick in production.
+
+    Cancelling the task that awaits generate() or prompt_logprobs() aborts the engine's request
+    (no separate abort call): the scorer cancels on deadlines and client disconnects."""
+
     model_name: str
     max_model_len: int
+    # True where prompt_logprobs(scored_from=k) reads positions before k from a prefix cache that a
+    # prefill-only generate() filled (the likelihood method's FLIP_LIKELIHOOD_PREFILL path).
+    scores_from_prefix_cache: bool = False
+
+    def __init__(self) -> None:
+        # Progress probe for the watchdog (app/engines/watchdog.py).
+        self.outstanding_requests = 0  # requests handed to the engine and not finished
+        self.last_progress_at = time.monotonic()  # of the last output, or of the start of a busy spell
+        self.failure: str | None = None  # set by mark_failed()
 
     @property
+    @abc.abstractmethod
     def tokenizer(self) -> Any:
         """A Hugging Face tokenizer (apply_chat_template, encode, decode)."""
 
+    @abc.abstractmethod
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
-        """Generate a completion. Cancelling the awaiting task aborts the engine request."""
+        """Generate a completion."""
 
+    @abc.abstractmethod
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         """Log-probability of each prompt token given the ones before it (None for the first).
 
         `scored_from`: only positions from here on are needed; the engine may reuse cached work for
         the tokens before it and return None for those positions."""
 
+    @abc.abstractmethod
     def is_healthy(self) -> bool:
-        """False once the engine has died; the service then reports not ready."""
+        """False once the engine has died (or every remote server is down); the service is then not ready."""
 
+    def is_alive(self) -> bool:
+        """False once the engine can never serve again: the watchdog then fails it and the service
+        exits to be restarted. A remote fleet that is only cooling down is unhealthy (not ready) but
+        alive; an in-process engine is alive while it is healthy."""
+        return self.is_healthy()
+
+    @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
-        """Engine state for /info: unfinished (running + waiting) requests, prefix-cache totals."""
-    # Progress probe for the watchdog (app/engines/watchdog.py).
-    outstanding_requests: int
-    last_progress_at: float  # time.monotonic() of the last output, or of the start of a busy spell
+        """Engine state for /info: at least `unfinished_requests` (running + waiting) and
+        `prefix_cache` (queries, hits, hit_rate; None where unknown)."""
 
+    @abc.abstractmethod
     def mark_failed(self, reason: str) -> None:
         """Fail every request in flight (EngineUnavailable) and every later one."""
 
+    @abc.abstractmethod
     async def shutdown(self) -> None: ...
+
+
+def prefix_cache_stats(queries: int, hits: int) -> dict[str, Any]:
+    """The `prefix_cache` entry of Engine.stats()."""
+    return {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else None}

@@ -1,27 +1,45 @@
-"""The remote engine: generation runs on one or more OpenAI-compatible servers (`vllm serve`, the
-vLLM production stack, KServe), so the reward front scales on CPUs apart from the GPU fleet.
+"""The remote engine: generation and prompt log-probabilities run on a fleet of stock `vllm serve`
+servers (or any OpenAI-compatible ones), so the reward front scales on CPUs apart from the GPUs.
 
-The prompt is rendered and tokenized here, with the same tokenizer files the server loads, and
-sent as token ids to /v1/completions: the server sees exactly the ids the in-process engine
-would get, and greedy decoding gives the same text. Requests go to the URLs in turn; a URL that
-fails (connection error, timeout, 5xx, 429) is skipped for a cool-down and the request is
-retried on the next one with backoff. The fleet being unreachable is EngineUnavailable (a 503
-for the caller); a 4xx for one item is that item's error.
+The prompt is rendered and tokenized here, with the same tokenizer the servers load (checked at
+start: the model name and a tokenization round trip through each server's /tokenize), and sent as
+token ids: the server sees exactly the ids the in-process engine would get.
+
+- Generation goes to /v1/completions with every sampling field set (no server default leaks in)
+  and the structured-output regex forwarded.
+- Prompt log-probabilities go to vLLM's token-in/token-out endpoint /inference/v1/generate when
+  the servers offer it (`vllm serve --enable-scale-out --enable-prompt-tokens-details`): it takes
+  vLLM's own SamplingParams, so a request may read the prefix cache (`skip_reading_prefix_cache`,
+  which /v1/completions forces on for prompt-logprobs requests) and says how many tokens it found
+  cached. A distractor scored after a response then costs only its own tokens, as in process.
+  Without it, /v1/completions, where every request prefills and scores every position.
+- Balancing: the server with the fewest requests outstanding, except that a prompt goes to the
+  server that was last sent its longest prefix (prefix affinity: an item's distractors follow its
+  real prompt, where the response is cached) unless that server is busier by more than a bound.
+  Each server's connections are renewed after a lifetime, so a URL that is a Kubernetes Service
+  spreads over its pods instead of pinning to the ones first connected.
+- Failures: a server that fails (connection error, timeout, 5xx, 429) is cooled down (skipped 1 s,
+  2 s, 4 s ... at most 30 s) and the request is retried on another with backoff. The fleet being
+  unreachable is EngineUnavailable (a 503 for the caller); a 4xx for one item is that item's error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import os
+import socket
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import httpx
 
 from app import metrics
 from app.config import Settings
-from app.engines.base import EngineUnavailable, Generation, GenerationParams
+from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +57,92 @@ _RETRY_STATUSES = {429, 500, 502, 503, 504}
 _BACKOFF_BASE_S = 0.25
 _BACKOFF_MAX_S = 4.0
 _COOLDOWN_BASE_S = 0.5  # a failed URL is skipped 1 s, 2 s, 4 s ... (at most 30 s) after each failure
+_COOLDOWN_MAX_S = 30.0
+AFFINITY_BLOCK = 32  # tokens per hashed prefix block (vLLM caches whole blocks; 32 is our block size)
+_AFFINITY_BLOCKS_KEPT = 65536  # per server: about what a few GiB of KV cache hold for a small model
+GENERATE_PATH = "/inference/v1/generate"
+COMPLETIONS_PATH = "/v1/completions"
+PromptLogprobsEndpoint = Literal["generate", "completions"]
 
 
 class RemoteRequestError(RuntimeError):
     """The server refused this request (4xx): the item gets an error, other items go on."""
 
 
+class FleetMismatch(RuntimeError):
+    """The fleet serves another model than the front's tokenizer belongs to: rewards would be wrong."""
+
+
+def prefix_block_hashes(token_ids: list[int], block: int = AFFINITY_BLOCK) -> list[int]:
+    """One hash per whole block of the prompt, each covering every token before it (as vLLM's
+    prefix cache keys its blocks): two prompts share the first k hashes iff they share k blocks."""
+    hashes, previous = [], 0
+    for end in range(block, len(token_ids) + 1, block):
+        previous = hash((previous, tuple(token_ids[end - block:end])))
+        hashes.append(previous)
+    return hashes
+
+
+class _Pool:
+    """One HTTP connection pool to a server; replaced after its lifetime, closed once idle."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.created = time.monotonic()
+        self.in_use = 0
+
+
 @dataclass
 class Backend:
     url: str
+    source: str = ""  # the configured URL it was resolved from
     down_until: float = 0.0  # monotonic time before which the URL is skipped
     failures: int = 0  # consecutive
+    failures_total: int = 0
+    requests_total: int = 0
+    outstanding: int = 0  # requests sent and not answered
+    last_error: str | None = None
+    prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)  # block hashes sent here, LRU
+    pool: _Pool | None = None
 
     @property
     def up(self) -> bool:
         return time.monotonic() >= self.down_until
 
-    def mark_failed(self) -> None:
+    def mark_failed(self, problem: str) -> None:
         self.failures += 1
-        self.down_until = time.monotonic() + min(_COOLDOWN_BASE_S * 2**self.failures, 30.0)
+        self.failures_total += 1
+        self.last_error = problem
+        self.down_until = time.monotonic() + min(_COOLDOWN_BASE_S * 2**self.failures, _COOLDOWN_MAX_S)
+        metrics.REMOTE_SERVER_FAILURES.labels(url=self.url).inc()
 
     def mark_ok(self) -> None:
         self.failures, self.down_until = 0, 0.0
 
+    def matched_blocks(self, hashes: list[int]) -> int:
+        """How many leading blocks of a prompt were sent here (and may still be in its cache)."""
+        count = 0
+        for h in hashes:
+            if h not in self.prefixes:
+                break
+            count += 1
+        return count
 
-class RemoteEngine:
+    def remember(self, hashes: list[int]) -> None:
+        for h in hashes:
+            self.prefixes[h] = None
+            self.prefixes.move_to_end(h)
+        while len(self.prefixes) > _AFFINITY_BLOCKS_KEPT:
+            self.prefixes.popitem(last=False)
+
+    def state(self) -> dict[str, Any]:
+        cooling = max(0.0, self.down_until - time.monotonic())
+        return {"url": self.url, "source": self.source, "outstanding": self.outstanding, "requests": self.requests_total,
+                "failures": self.failures_total, "consecutive_failures": self.failures,
+                "cooling_down": cooling > 0, "cooldown_left_s": round(cooling, 2), "last_error": self.last_error}
+
+
+class RemoteEngine(Engine):
     def __init__(
         self,
         urls: list[str],
@@ -74,36 +153,107 @@ class RemoteEngine:
         timeout_s: float = 120.0,
         retries: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+        connection_lifetime_s: float = 60.0,
+        prefix_affinity: bool = True,
+        affinity_max_imbalance: int = 8,
+        prompt_logprobs_endpoint: PromptLogprobsEndpoint = "completions",
+        resolve_s: float = 0.0,
     ) -> None:
+        super().__init__()
         if not urls:
             raise ValueError("the remote engine needs at least one URL")
         self.model_name = model_name
         self.max_model_len = max_model_len
-        self.backends = [Backend(url.rstrip("/")) for url in urls]
+        self.urls = [url.rstrip("/") for url in urls]  # as configured
+        self.backends: list[Backend] = []  # as used: the URLs, or one per address they resolve to
+        self.resolve_s = resolve_s
+        self._resolver = resolve_addresses
+        self._resolving: asyncio.Task | None = None
+        self._resolved = asyncio.Event()
         self.retries = retries
+        self.prefix_affinity = prefix_affinity
+        self.affinity_max_imbalance = affinity_max_imbalance
+        self.prompt_logprobs_endpoint: PromptLogprobsEndpoint = prompt_logprobs_endpoint
         self._tokenizer = tokenizer
-        self._next = 0
+        self._rotation = 0  # breaks ties between equally loaded servers in turn
         self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
-            transport=transport,
-        )
+        self._max_concurrency = max_concurrency
+        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._transport = transport
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._connection_lifetime_s = connection_lifetime_s
+        self._retired: set[_Pool] = set()
+        self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
         self._closed = False
+        self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
+        self.cached_tokens = 0
+        self._set_backends({url: url for url in self.urls})
+
+    def _set_backends(self, targets: dict[str, str]) -> None:
+        """Use these servers (URL -> the configured URL it came from); one already known keeps its
+        state (load, failures, prefixes). One that left is no longer chosen; its requests in flight
+        finish."""
+        known = {b.url: b for b in self.backends}
+        self.backends = [known.get(url) or Backend(url, source=source) for url, source in targets.items()]
+        for backend in self.backends:  # read at scrape time; the latest engine of a process wins
+            if backend.url not in known:
+                metrics.REMOTE_SERVER_OUTSTANDING.labels(url=backend.url).set_function(lambda b=backend: b.outstanding)
+                metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(lambda b=backend: float(not b.up))
+        for gone in set(known) - set(targets):
+            log.info("remote server %s left the fleet", gone)
+            pool = known[gone].pool
+            if pool is not None:
+                self._retire(pool)
+
+    async def refresh_backends(self) -> None:
+        """Resolve each configured URL's host again (a headless Service: one address per ready pod)
+        and use one backend per address; a URL that does not resolve keeps its current servers."""
+        targets: dict[str, str] = {}
+        for configured in self.urls:
+            try:
+                resolved = await self._resolver(configured)
+            except OSError as exc:
+                log.warning("cannot resolve %s (%s); keeping its servers", configured, exc)
+                resolved = [b.url for b in self.backends if b.source == configured]
+            for url in resolved or [configured]:
+                targets.setdefault(url, configured)
+        self._set_backends(targets)
+        self._resolved.set()
+
+    async def _resolve_forever(self) -> None:
+        while not self._closed:
+            await self.refresh_backends()
+            await asyncio.sleep(self.resolve_s)
 
     @classmethod
     def start(cls, settings: Settings) -> RemoteEngine:
-        """Load the tokenizer, wait for a server to answer, learn the model name and its context."""
-        from app.models import TRANSFORMERS_LOCK, resolve_llm
+        """Load the tokenizer, wait for a server to answer, check that every answering server serves
+        this tokenizer's model, and learn its name, context and whether it offers cache reads."""
+        from app.models import BUILTIN_LLM_NAME, TRANSFORMERS_LOCK, resolve_llm
 
         with TRANSFORMERS_LOCK:  # the embedder loads in another thread at the same time
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_llm(settings.model, settings.cache_dir))
-        model, server_len = discover_model(settings.remote_urls, settings.remote_model, settings.remote_wait_s)
+        api_key = settings.remote_api_key_value()
+        front_model = settings.model or BUILTIN_LLM_NAME
+        with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {api_key}"} if api_key else {}) as http:
+            cards = discover_models(http, settings.remote_urls, settings.remote_wait_s)
+            model, server_len = choose_model(cards, settings.remote_model, front_model)
+            for url in cards:
+                check_tokenizer(http, url, model, tokenizer, front_model)
+            endpoint = settings.remote_prompt_logprobs
+            if endpoint == "auto":
+                endpoint = "generate" if offers_cache_reads(http, next(iter(cards)), model, tokenizer) else "completions"
         max_model_len = min(settings.max_model_len, server_len or settings.max_model_len)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
-        log.info("remote engine: model %s at %s, context %d", model, ", ".join(settings.remote_urls), max_model_len)
+        log.info("remote engine: model %s at %s, context %d, prompt logprobs via %s", model,
+                 ", ".join(settings.remote_urls), max_model_len, endpoint)
+        if endpoint == "completions":
+            log.warning("the servers do not offer %s with cached-token counts: every prompt-logprobs request "
+                        "prefills its whole prompt (start vllm serve with --enable-scale-out "
+                        "--enable-prompt-tokens-details to reuse the prefix cache)", GENERATE_PATH)
         return cls(
             settings.remote_urls,
             model,
@@ -112,52 +262,165 @@ class RemoteEngine:
             max_concurrency=settings.remote_max_concurrency,
             timeout_s=settings.remote_timeout_s,
             retries=settings.remote_retries,
+            api_key=api_key,
+            connection_lifetime_s=settings.remote_connection_lifetime_s,
+            prefix_affinity=settings.remote_prefix_affinity,
+            affinity_max_imbalance=settings.remote_affinity_max_imbalance,
+            prompt_logprobs_endpoint=endpoint,
+            resolve_s=settings.remote_resolve_s,
         )
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _pick(self) -> Backend:
-        """The next URL in turn that is not cooling down; if all are, the one that recovers first."""
-        count = len(self.backends)
-        for step in range(count):
-            backend = self.backends[(self._next + step) % count]
-            if backend.up:
-                self._next = (self._next + step + 1) % count
-                return backend
-        return min(self.backends, key=lambda b: b.down_until)
+    # --- choosing a server
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        if self._closed:
-            raise EngineUnavailable("the remote engine is shut down")
+    def _pick(self, hashes: list[int], exclude: set[str]) -> Backend:
+        """The least-loaded server not cooling down (and not yet tried by this request), or the one
+        holding the longest prefix of this prompt if it is not too much busier; if every server is
+        cooling down, the one that recovers first."""
+        candidates = [b for b in self.backends if b.up and b.url not in exclude]
+        if not candidates:
+            candidates = [b for b in self.backends if b.url not in exclude] or self.backends
+            return min(candidates, key=lambda b: b.down_until)
+        count = len(candidates)
+        start = self._rotation % count
+        self._rotation += 1
+        ordered = candidates[start:] + candidates[:start]
+        least = min(ordered, key=lambda b: b.outstanding)
+        if self.prefix_affinity and hashes:
+            matched = {b.url: b.matched_blocks(hashes) for b in ordered}
+            best = max(matched.values())
+            if best > min(matched.values()):  # one server holds more of this prompt than another
+                holder = min((b for b in ordered if matched[b.url] == best), key=lambda b: b.outstanding)
+                if holder.outstanding <= least.outstanding + self.affinity_max_imbalance:
+                    return holder
+        return least
+
+    def _client(self, backend: Backend) -> _Pool:
+        """The server's current connection pool, renewed after its lifetime: new connections are new
+        TCP connections (and DNS look-ups), which a Service spreads over its pods."""
+        pool = backend.pool
+        lifetime = self._connection_lifetime_s
+        if pool is not None and lifetime > 0 and time.monotonic() - pool.created > lifetime:
+            self._retire(pool)
+            pool = None
+        if pool is None:
+            pool = backend.pool = _Pool(httpx.AsyncClient(
+                timeout=self._timeout,
+                headers=self._headers,
+                limits=httpx.Limits(max_connections=self._max_concurrency,
+                                    max_keepalive_connections=self._max_concurrency,
+                                    keepalive_expiry=lifetime if lifetime > 0 else 5.0),
+                transport=self._transport,
+            ))
+        return pool
+
+    def _retire(self, pool: _Pool) -> None:
+        for backend in self.backends:
+            if backend.pool is pool:
+                backend.pool = None
+        self._retired.add(pool)
+        self._close_idle_retired()
+
+    def _close_idle_retired(self) -> None:
+        for pool in [p for p in self._retired if p.in_use == 0]:
+            self._retired.discard(pool)
+            asyncio.ensure_future(pool.client.aclose())
+
+    # --- sending
+
+    async def _send(self, backend: Backend, path: str, payload: dict[str, Any]) -> httpx.Response:
+        pool = self._client(backend)
+        pool.in_use += 1
+        backend.outstanding += 1
+        backend.requests_total += 1
+        try:
+            return await pool.client.post(backend.url + path, json=payload)
+        finally:
+            backend.outstanding -= 1
+            pool.in_use -= 1
+            if pool in self._retired:
+                self._close_idle_retired()
+
+    async def _post(self, path: str, payload: dict[str, Any], token_ids: list[int]) -> dict[str, Any]:
+        """POST to one server, retrying on others; waits on the watchdog's verdict beside it."""
+        self._check_alive()
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        if self.resolve_s > 0:
+            if self._resolving is None:
+                self._resolving = asyncio.ensure_future(self._resolve_forever())
+            if not self._resolved.is_set():  # the first resolution before the first choice
+                await asyncio.wait([asyncio.ensure_future(self._resolved.wait())], timeout=10.0)
+        if self.outstanding_requests == 0:
+            self.last_progress_at = time.monotonic()  # an idle fleet has not stalled
+        self.outstanding_requests += 1
+        attempt = asyncio.ensure_future(self._post_with_retries(path, payload, token_ids))
+        try:
+            await asyncio.wait({attempt, self._failed}, return_when=asyncio.FIRST_COMPLETED)
+            if attempt.done():
+                return attempt.result()
+            raise EngineUnavailable(f"the remote engine has failed: {self.failure}")
+        finally:
+            self.outstanding_requests -= 1
+            if not attempt.done():
+                attempt.cancel()  # caller cancelled or engine failed: close the request (vLLM aborts it)
+
+    async def _post_with_retries(self, path: str, payload: dict[str, Any], token_ids: list[int]) -> dict[str, Any]:
+        hashes = prefix_block_hashes(token_ids) if self.prefix_affinity else []
+        tried: set[str] = set()
         last_problem = "no attempt"
         async with self._semaphore:
             for attempt in range(self.retries + 1):
                 if attempt:
                     await asyncio.sleep(min(_BACKOFF_BASE_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
-                backend = self._pick()
+                if len(tried) == len(self.backends):
+                    tried.clear()  # every server tried once: any may be retried
+                backend = self._pick(hashes, tried)
+                tried.add(backend.url)
+                backend.remember(hashes)
                 try:
-                    response = await self._client.post(backend.url + path, json=payload)
+                    response = await self._send(backend, path, payload)
                 except httpx.TransportError as exc:  # connection refused, reset, timeout
-                    backend.mark_failed()
                     last_problem = f"{backend.url}: {type(exc).__name__}"
+                    backend.mark_failed(last_problem)
                     metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome="transport_error").inc()
+                    log.warning("remote server failed (%s); cooling it down for %.1f s", last_problem,
+                                backend.down_until - time.monotonic())
                     continue
+                self.last_progress_at = time.monotonic()
+                metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
                 if response.status_code in _RETRY_STATUSES:
-                    backend.mark_failed()
                     last_problem = f"{backend.url}: HTTP {response.status_code}"
-                    metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
+                    backend.mark_failed(last_problem)
                     continue
                 backend.mark_ok()
-                metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
                 if response.status_code >= 400:
                     raise RemoteRequestError(f"{backend.url} answered {response.status_code}: {response.text[:300]}")
                 return response.json()
         raise EngineUnavailable(f"no remote server answered after {self.retries + 1} attempts ({last_problem})")
 
+    def _check_alive(self) -> None:
+        if self._closed:
+            raise EngineUnavailable("the remote engine is shut down")
+        if self.failure is not None:
+            raise EngineUnavailable(f"the remote engine has failed: {self.failure}")
+
+    def _count_usage(self, body: dict[str, Any]) -> int | None:
+        """Prompt tokens sent and found cached, from the usage block; the cached count or None."""
+        usage = body.get("usage") or {}
+        self.prompt_tokens += usage.get("prompt_tokens") or 0
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            self.cached_tokens += cached
+        return cached
+
+    # --- the engine interface
+
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.model_name,
             "prompt": prompt_token_ids,
             "max_tokens": params.max_tokens,
@@ -168,7 +431,10 @@ class RemoteEngine:
             payload["seed"] = params.seed
         if params.stop:
             payload["stop"] = list(params.stop)
-        body = await self._post("/v1/completions", payload)
+        if params.regex:
+            payload["structured_outputs"] = {"regex": params.regex}
+        body = await self._post(COMPLETIONS_PATH, payload, prompt_token_ids)
+        self._count_usage(body)
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         return Generation(
@@ -179,51 +445,221 @@ class RemoteEngine:
         )
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
-        # `scored_from` is a hint this engine does not need: the server computes every position.
+        if self.prompt_logprobs_endpoint == "completions":
+            return await self._completion_prompt_logprobs(prompt_token_ids)
+        # As in process (vllm_local): read the prefix cache when only a tail is needed; positions
+        # served from the cache have no logprob, so a prompt found cached into the tail runs again.
+        # A request preempted and resumed finds more of its prompt cached than it reported, and those
+        # slots are unwritten too (no entry for the prompt token): it also runs again without the cache.
+        use_cache = scored_from > 1
+        try:
+            logprobs, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=use_cache)
+        except RemoteRequestError as exc:
+            # vLLM serializes the unwritten slots too; NaN garbage there makes it answer 400 ("Out of
+            # range float values are not JSON compliant"). Without the cache every slot is written.
+            if not (use_cache and "JSON compliant" in str(exc)):
+                raise
+            logprobs, cached = None, scored_from
+        if use_cache and (cached >= scored_from or logprobs is None):
+            logprobs, _ = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=False)
+        if logprobs is None:
+            raise RemoteRequestError(f"{GENERATE_PATH} returned prompt logprobs that do not match the prompt")
+        return logprobs
+
+    async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[list[float | None] | None, int]:
+        """The prompt logprobs (None where they do not match the prompt) and the cached-token count."""
+        payload = {"model": self.model_name, "token_ids": ids,
+                   "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
+                                       "detokenize": False, "skip_reading_prefix_cache": not read_cache}}
+        body = await self._post(GENERATE_PATH, payload, ids)
+        cached = self._count_usage(body)
+        if cached is None:
+            raise RemoteRequestError(f"{GENERATE_PATH} gave no cached-token count "
+                                     "(start vllm serve with --enable-prompt-tokens-details)")
+        try:
+            return read_logprobs(ids, body.get("prompt_logprobs"), cached), cached
+        except KeyError:
+            return None, cached
+
+    async def _completion_prompt_logprobs(self, ids: list[int]) -> list[float | None]:
         # vLLM's extra parameter `prompt_logprobs`: 0 gives the logprob of the actual token at
-        # every position. A server without it answers 4xx or leaves the field out.
-        payload = {"model": self.model_name, "prompt": prompt_token_ids, "max_tokens": 1, "temperature": 0.0,
+        # every position (this endpoint never reads the prefix cache for such requests).
+        payload = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
                    "prompt_logprobs": 0}
-        body = await self._post("/v1/completions", payload)
-        positions = body["choices"][0].get("prompt_logprobs")
-        if positions is None:
-            raise RemoteRequestError("the remote server does not return prompt_logprobs")
-        result: list[float | None] = []
-        for token_id, position in zip(prompt_token_ids, positions):
-            result.append(None if position is None else position[str(token_id)]["logprob"])
-        return result
+        body = await self._post(COMPLETIONS_PATH, payload, ids)
+        self._count_usage(body)
+        try:
+            return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), 0)
+        except KeyError as exc:
+            raise RemoteRequestError(f"{COMPLETIONS_PATH} returned prompt logprobs that do not match the prompt") from exc
 
     def is_healthy(self) -> bool:
-        """Ready while some URL is not cooling down after failures."""
-        return not self._closed and any(b.up for b in self.backends)
+        """Ready while some server is not cooling down after failures."""
+        return self.is_alive() and any(b.up for b in self.backends)
+
+    def is_alive(self) -> bool:
+        """A fleet that is only cooling down is not ready but may come back: the watchdog leaves it."""
+        return not self._closed and self.failure is None
+
+    def stats(self) -> dict[str, Any]:
+        """For /info: requests outstanding, the servers' prefix-cache record for our requests, and
+        each server's load and failures."""
+        return {
+            "unfinished_requests": self.outstanding_requests,
+            "prefix_cache": prefix_cache_stats(self.prompt_tokens, self.cached_tokens),
+            "prompt_logprobs_endpoint": GENERATE_PATH if self.prompt_logprobs_endpoint == "generate"
+            else COMPLETIONS_PATH,
+            "servers": [b.state() for b in self.backends],
+        }
+
+    def mark_failed(self, reason: str) -> None:
+        """Fail every request in flight now (503), and every later one: the fleet is hung."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("remote engine failed: %s", reason)
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(reason)
 
     async def shutdown(self) -> None:
         self._closed = True
-        await self._client.aclose()
+        if self._resolving is not None:
+            self._resolving.cancel()
+        pools = [b.pool for b in self.backends if b.pool is not None] + list(self._retired)
+        for backend in self.backends:
+            backend.pool = None
+        self._retired.clear()
+        await asyncio.gather(*(pool.client.aclose() for pool in pools))
 
 
-def discover_model(urls: list[str], wanted: str | None, wait_s: float) -> tuple[str, int | None]:
-    """Ask each URL's /v1/models until one answers (the fleet may still be loading): the model to
-    request (`wanted`, checked to be served, or the first listed) and its max_model_len."""
+async def resolve_addresses(url: str) -> list[str]:
+    """The URL once per address its host resolves to (an IP literal: the URL itself)."""
+    parsed = httpx.URL(url)
+    host = parsed.host
+    try:
+        ipaddress.ip_address(host)
+        return [url]
+    except ValueError:
+        pass
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = sorted({str(info[4][0]) for info in infos})
+    path = parsed.raw_path.decode().rstrip("/")
+    return [f"{parsed.scheme}://{f'[{a}]' if ':' in a else a}:{port}{path}" for a in addresses]
+
+
+def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> list[float | None]:
+    """Each prompt token's logprob from a prompt_logprobs list (JSON: token ids as strings), None for
+    the first and for positions served from the prefix cache (position k needs the hidden state at
+    k - 1; vLLM leaves the slots of cached positions unwritten). KeyError where a position lacks its
+    prompt token (an unwritten slot past `cached`)."""
+    if positions is None:
+        raise RemoteRequestError("the remote server does not return prompt_logprobs")
+    if len(positions) != len(ids):
+        raise KeyError(f"{len(positions)} positions for {len(ids)} prompt tokens")
+    return [None if position is None or k <= cached else position[str(token_id)]["logprob"]
+            for k, (token_id, position) in enumerate(zip(ids, positions))]
+
+
+# --- start-up checks
+
+
+def discover_models(http: httpx.Client, urls: list[str], wait_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Each URL's /v1/models cards, waiting until at least one answers (the fleet may still be
+    loading); a URL that does not answer then is left out (and checked by nothing: give all servers
+    one configuration)."""
     deadline = time.monotonic() + wait_s
     problems: dict[str, str] = {}
-    with httpx.Client(timeout=10.0) as client:
-        while True:
-            for url in urls:
-                try:
-                    response = client.get(url.rstrip("/") + "/v1/models")
-                    response.raise_for_status()
-                    cards = response.json()["data"]
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    problems[url] = f"{type(exc).__name__}: {exc}"
-                    continue
-                served = {card["id"]: card.get("max_model_len") for card in cards}
-                if wanted is None and served:
-                    first = cards[0]["id"]
-                    return first, served[first]
-                if wanted in served:
-                    return wanted, served[wanted]
-                raise RuntimeError(f"{url} does not serve model {wanted!r}; it serves {sorted(served)}")
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"no remote server answered /v1/models within {wait_s:.0f} s: {problems}")
-            time.sleep(2.0)
+    while True:
+        answered: dict[str, list[dict[str, Any]]] = {}
+        for url in urls:
+            try:
+                response = http.get(url.rstrip("/") + "/v1/models")
+                if response.status_code in (401, 403):
+                    raise FleetMismatch(f"{url} refused the API key (HTTP {response.status_code}): "
+                                        "set FLIP_REMOTE_API_KEY or FLIP_REMOTE_API_KEY_FILE to the fleet's key")
+                response.raise_for_status()
+                answered[url] = response.json()["data"]
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                problems[url] = f"{type(exc).__name__}: {exc}"
+        if answered:
+            for url in set(urls) - set(answered):
+                log.warning("remote server %s did not answer at start (%s); used unchecked", url, problems.get(url))
+            return answered
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no remote server answered /v1/models within {wait_s:.0f} s: {problems}")
+        time.sleep(2.0)
+
+
+def _basename(name: str) -> str:
+    return os.path.basename(name.rstrip("/")).lower()
+
+
+def choose_model(cards: dict[str, list[dict[str, Any]]], wanted: str | None, front_model: str) -> tuple[str, int | None]:
+    """The served model to request: `wanted` (FLIP_REMOTE_MODEL) if set, else the one whose name or
+    path matches the front's model (FLIP_MODEL's last path part). Every answering server must serve
+    it, and it must be the front's model: otherwise FleetMismatch, naming both."""
+    chosen: str | None = None
+    server_len: int | None = None
+    for url, listed in cards.items():
+        served = {card["id"]: card for card in listed}
+        if wanted is not None:
+            card = served.get(wanted)
+            if card is None:
+                raise FleetMismatch(f"{url} does not serve model {wanted!r}; it serves {sorted(served)}")
+        else:
+            matching = [c for c in listed if _basename(front_model) in {_basename(c["id"]), _basename(c.get("root") or "")}]
+            if not matching:
+                raise FleetMismatch(f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
+                                    f"{sorted(served)}: set FLIP_MODEL to the fleet's model")
+            card = matching[0]
+        names = {_basename(card["id"]), _basename(card.get("root") or "")}
+        if _basename(front_model) not in names:
+            raise FleetMismatch(f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
+                                f"{card['id']!r} from {card.get('root')!r}: set FLIP_MODEL to the fleet's model")
+        if chosen is not None and card["id"] != chosen:
+            raise FleetMismatch(f"the servers serve different models: {chosen!r} and {card['id']!r} ({url})")
+        chosen, server_len = card["id"], card.get("max_model_len")
+    assert chosen is not None
+    return chosen, server_len
+
+
+# Rendered through the chat template: special tokens, whitespace, digits and non-ASCII text, the
+# places two tokenizers of one family most often part.
+_PROBE_MESSAGES = [
+    {"role": "system", "content": "You infer instructions."},
+    {"role": "user", "content": "Explain Rayleigh scattering in 3 sentences, über-précis: 42 µm?\n\n  Indented."},
+]
+
+
+def check_tokenizer(http: httpx.Client, url: str, model: str, tokenizer: Any, front_model: str) -> None:
+    """The server's /tokenize must give the same ids as the front's tokenizer for a probe prompt."""
+    try:
+        text = tokenizer.apply_chat_template(_PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
+    except ValueError:  # no chat template: the plain text still tells two tokenizers apart
+        text = "\n".join(m["content"] for m in _PROBE_MESSAGES)
+    mine = tokenizer.encode(text, add_special_tokens=False)
+    response = http.post(url.rstrip("/") + "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False})
+    if response.status_code == 404:
+        raise FleetMismatch(f"{url} has no /tokenize: the front cannot check that its tokenizer "
+                            f"({front_model!r}) is the fleet's ({model!r})")
+    response.raise_for_status()
+    theirs = response.json()["tokens"]
+    if theirs != mine:
+        first = next((k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        raise FleetMismatch(f"the front's tokenizer ({front_model!r}) and {url}'s model ({model!r}) tokenize "
+                            f"a probe prompt differently (first at token {first}: {len(mine)} vs {len(theirs)} ids)")
+
+
+def offers_cache_reads(http: httpx.Client, url: str, model: str, tokenizer: Any) -> bool:
+    """Whether the server has vLLM's /inference/v1/generate and reports cached tokens there."""
+    ids = tokenizer.encode("probe", add_special_tokens=False) or [0]
+    payload = {"model": model, "token_ids": ids,
+               "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False}}
+    try:
+        response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
+    except httpx.HTTPError:
+        return False
+    if response.status_code != 200:
+        return False
+    usage = response.json().get("usage") or {}
+    return (usage.get("prompt_tokens_details") or {}).get("cached_tokens") is not None

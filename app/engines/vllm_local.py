@@ -11,7 +11,7 @@ from typing import Any
 
 from app import metrics
 from app.config import Settings
-from app.engines.base import EngineUnavailable, Generation, GenerationParams
+from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,19 @@ def check_block_size(block_size: int, on_cpu: bool) -> None:
                          "(16 works on GPUs only)")
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     # prompt_logprobs(scored_from=k) computes only the positions from k on when the ones before it are
     # in the prefix cache: the likelihood method prefills the response without logprobs first.
     scores_from_prefix_cache = True
 
     def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
+        super().__init__()
         self._llm = llm
         self.step_stats = step_stats or EngineStepStats()
         self.model_name = model_name
         self.max_model_len = max_model_len
         self._tokenizer = llm.get_tokenizer()
         self._ids = itertools.count()
-        # Progress probe for the watchdog (app/engines/watchdog.py).
-        self.outstanding_requests = 0
-        self.last_progress_at = time.monotonic()
-        self.failure: str | None = None
         self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
 
     @classmethod
@@ -232,7 +229,15 @@ class VLLMEngine:
         out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=use_cache))
         if use_cache and cache_reached(out, scored_from):  # once more, computing every position
             out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
-        return read_prompt_logprobs(out)
+        try:
+            return read_prompt_logprobs(out)
+        except KeyError:
+            # Preempted and resumed, the request found more of its prompt cached than it reports:
+            # those slots are unwritten too. Once more, computing every position.
+            if not use_cache:
+                raise
+            return read_prompt_logprobs(
+                await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False)))
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored
@@ -242,10 +247,9 @@ class VLLMEngine:
 
     def stats(self) -> dict[str, Any]:
         """For /info: requests in the engine now, and the prefix cache's record so far."""
-        queries, hits = self.step_stats.prefix_cache_queries, self.step_stats.prefix_cache_hits
         return {
             "unfinished_requests": self.num_unfinished_requests(),
-            "prefix_cache": {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else None},
+            "prefix_cache": prefix_cache_stats(self.step_stats.prefix_cache_queries, self.step_stats.prefix_cache_hits),
         }
 
     async def shutdown(self, timeout_s: float = 20.0) -> None:

@@ -2,8 +2,9 @@
 request in flight gets a 503 at once) and tells the service, which then exits the process.
 
 Two checks, every `interval_s`:
-- dead: the engine reports itself unhealthy (vLLM: AsyncLLM.errored, set when its EngineCore
-  process exits or its output loop dies);
+- dead: the engine reports itself no longer alive (vLLM: AsyncLLM.errored, set when its EngineCore
+  process exits or its output loop dies; remote: never on its own, a fleet that refuses is only
+  cooled down and retried);
 - hung: requests are outstanding but the engine has produced no output for `stall_s` seconds
   (a live process that no longer answers, e.g. a stuck kernel or a stopped worker).
 """
@@ -20,17 +21,19 @@ log = logging.getLogger(__name__)
 
 
 class Watched(Protocol):
+    """The part of app.engines.base.Engine the watchdog reads."""
+
     outstanding_requests: int
     last_progress_at: float  # time.monotonic() of the last output (or of the start of a busy spell)
 
-    def is_healthy(self) -> bool: ...
+    def is_alive(self) -> bool: ...
 
     def mark_failed(self, reason: str) -> None: ...
 
 
 def diagnose(engine: Watched, stall_s: float, now: float | None = None) -> str | None:
     """Why the engine should be given up on, or None while it is fine."""
-    if not engine.is_healthy():
+    if not engine.is_alive():
         return "the engine process has died"
     now = time.monotonic() if now is None else now
     silent_for = now - engine.last_progress_at

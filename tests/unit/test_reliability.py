@@ -210,7 +210,7 @@ class _Probe:
         self.outstanding_requests, self.last_progress_at, self.healthy = outstanding, last_progress_at, healthy
         self.failed: str | None = None
 
-    def is_healthy(self) -> bool:
+    def is_alive(self) -> bool:
         return self.healthy
 
     def mark_failed(self, reason: str) -> None:

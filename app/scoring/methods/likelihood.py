@@ -130,7 +130,7 @@ def scores_from_cache(engine: Engine) -> bool:
     """Whether the engine computes only the positions from `scored_from` on when the ones before it
     are in its prefix cache; an engine that computes every position anyway (a remote server) gets
     one request per instruction, each computed whole, as before."""
-    return bool(getattr(engine, "scores_from_prefix_cache", False))
+    return engine.scores_from_prefix_cache
 
 
 class Likelihood:

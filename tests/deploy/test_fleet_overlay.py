@@ -1,0 +1,94 @@
+"""The fleet overlay (deploy/k8s/overlays/fleet): fronts in remote mode plus a vLLM fleet. Rendered
+and checked against the Kubernetes schemas like the other overlays, and against what the front
+needs from the fleet (app/engines/openai_remote.py)."""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.config import Settings
+from tests.deploy.test_deploy import K8S, K8S_VERSIONS, render
+
+FLEET = K8S / "overlays" / "fleet"
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    return render("fleet")
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    """The one `kind` called `name` (a generated one: with kustomize's hash suffix)."""
+    pattern = re.compile(rf"{re.escape(name)}(-[a-z0-9]{{10}})?")
+    (doc,) = [d for d in docs if d["kind"] == kind and pattern.fullmatch(d["metadata"]["name"])]
+    return doc
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_fleet_manifests_match_the_kubernetes_schemas(docs, version):
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"flip-reward"}
+
+
+def test_fronts_run_remote_on_the_cpu_image_against_the_fleets_pods(docs):
+    config = named(docs, "ConfigMap", "flip-reward-config")["data"]
+    known = {f"FLIP_{name.upper()}" for name in Settings.model_fields}
+    assert {k for k in config if k.startswith("FLIP_")} <= known
+    assert config["FLIP_ENGINE"] == "remote" and float(config["FLIP_REMOTE_RESOLVE_S"]) > 0
+    pods = named(docs, "Service", "vllm-pods")
+    assert pods["spec"]["clusterIP"] == "None"  # headless: one address per pod
+    port = pods["spec"]["ports"][0]["port"]
+    assert config["FLIP_REMOTE_URLS"] == f"http://vllm-pods:{port}"
+    front = named(docs, "Deployment", "flip-reward")["spec"]["template"]["spec"]
+    (container,) = front["containers"]
+    assert container["image"] == "flip-reward:cpu" and "nvidia.com/gpu" not in container["resources"]["limits"]
+    key_file = config["FLIP_REMOTE_API_KEY_FILE"]
+    mount = next(m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in front["volumes"] if v["name"] == mount["name"])
+    secret = named(docs, "Secret", volume["secret"]["secretName"])
+    assert key_file.rsplit("/", 1)[1] in secret["data"]
+
+
+def test_vllm_pods_serve_what_the_fronts_check_and_scale_on_waiting_requests(docs):
+    config = named(docs, "ConfigMap", "flip-reward-config")["data"]
+    vllm = named(docs, "Deployment", "vllm")
+    (container,) = vllm["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    for flag in ("--enable-scale-out", "--enable-prompt-tokens-details", "--served-model-name=$(VLLM_MODEL)"):
+        assert flag in args
+    vllm_config = named(docs, "ConfigMap", "vllm-config")["data"]
+    assert vllm_config["VLLM_MODEL"] == config["FLIP_MODEL"]  # the name the fronts check at start
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    secret_refs = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+    assert secret_refs == {named(docs, "Secret", "vllm-api-key")["metadata"]["name"]}
+    labels = vllm["spec"]["template"]["metadata"]["labels"]
+    for service in ("vllm-pods", "vllm"):
+        assert named(docs, "Service", service)["spec"]["selector"].items() <= labels.items()
+    front_labels = named(docs, "Deployment", "flip-reward")["spec"]["template"]["metadata"]["labels"]
+    assert not named(docs, "Service", "flip-reward")["spec"]["selector"].items() <= labels.items()
+    assert front_labels != labels
+    hpa = named(docs, "HorizontalPodAutoscaler", "vllm")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "vllm"
+    (metric,) = hpa["spec"]["metrics"]
+    adapter = yaml.safe_load((FLEET / "prometheus-adapter.yaml").read_text())
+    rules = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
+    assert metric["pods"]["metric"]["name"] in rules
+    assert "vllm:num_requests_waiting" in rules[metric["pods"]["metric"]["name"]]["seriesQuery"]
+    front_hpa = named(docs, "HorizontalPodAutoscaler", "flip-reward")
+    assert front_hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] in rules
+
+
+def test_production_stack_values_name_the_same_model_and_flags():
+    values = yaml.safe_load((FLEET / "production-stack-values.yaml").read_text())
+    (spec,) = values["servingEngineSpec"]["modelSpec"]
+    config = yaml.safe_load((FLEET / "kustomization.yaml").read_text())
+    literals = dict(lit.split("=", 1) for lit in config["configMapGenerator"][0]["literals"])
+    assert spec["modelURL"] == literals["FLIP_MODEL"]
+    assert f"--served-model-name={literals['FLIP_MODEL']}" in spec["vllmConfig"]["extraArgs"]
+    assert values["routerSpec"]["routingLogic"] == "prefixaware"
