@@ -75,6 +75,9 @@ def test_vllm_pods_serve_what_the_fronts_check_and_scale_on_waiting_requests(doc
     assert front_labels != labels
     hpa = named(docs, "HorizontalPodAutoscaler", "vllm")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "vllm"
+    # The HPA owns the count, and a rollout never waits for a spare GPU (as for the fronts).
+    assert "replicas" not in vllm["spec"] and hpa["spec"]["minReplicas"] >= 2
+    assert vllm["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     (metric,) = hpa["spec"]["metrics"]
     adapter = yaml.safe_load((FLEET / "prometheus-adapter.yaml").read_text())
     rules = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
