@@ -131,7 +131,7 @@ async def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, A
             raise SystemExit(f"flip-reward: {service.load_error}")
         transport = httpx.ASGITransport(app=create_app(settings, service))
         client = AsyncFlipClient("http://in-process", transport=transport, timeout=3600, max_concurrency=1)
-        model = service.engine.model_name
+        model = service.model_name
     try:
         started = time.perf_counter()
         results = await runner.run_files(client, data, specs, seed=args.eval_seed, progress=not args.quiet)

@@ -93,7 +93,7 @@ class FlipService:
         try:
             # Both loaders block (process start, weight loading): keep them off the event loop,
             # and load the two models side by side.
-            self.engine, self.embedder = await asyncio.gather(
+            engine, embedder = await asyncio.gather(
                 asyncio.to_thread(self._engine_factory, self.settings),
                 asyncio.to_thread(self._embedder_factory, self.settings),
             )
@@ -101,12 +101,13 @@ class FlipService:
             log.exception("model loading failed")
             self.status, self.load_error = Status.FAILED, f"{type(exc).__name__}: {exc}"
             return
-        self.scorer = Scorer(self.engine, self.embedder, self.settings)
+        self.engine, self.embedder = engine, embedder
+        self.scorer = Scorer(engine, embedder, self.settings)
         self.load_seconds = time.perf_counter() - started
         self.status = Status.READY
         log.info("models loaded in %.1f s; ready", self.load_seconds)
         self._watchdog = asyncio.create_task(
-            watch(self.engine, self._engine_failed, self.settings.watchdog_interval_s, self.settings.engine_stall_s)
+            watch(engine, self._engine_failed, self.settings.watchdog_interval_s, self.settings.engine_stall_s)
         )
 
     def _engine_failed(self, reason: str) -> None:
@@ -116,6 +117,11 @@ class FlipService:
         log.error("engine failure: %s; the service is not ready and will exit", reason)
         if self.on_engine_failure is not None:
             self.on_engine_failure(reason)
+
+    @property
+    def model_name(self) -> str:
+        """The engine's model, or (before it is loaded) the one it will load."""
+        return self.engine.model_name if self.engine else (self.settings.model or BUILTIN_LLM_NAME)
 
     @property
     def ready(self) -> bool:
@@ -136,7 +142,7 @@ class FlipService:
         s = self.settings
         return {
             "status": self.status.value,
-            "model": self.engine.model_name if self.engine else (s.model or BUILTIN_LLM_NAME),
+            "model": self.model_name,
             "embedding_model": s.embedding_model or BUILTIN_EMBEDDING_NAME,
             "prompt_version": PROMPT_VERSION,
             "method": s.method,
@@ -160,7 +166,7 @@ class FlipService:
                 "max_request_timeout_s": s.max_request_timeout_s,
                 "structured_output": s.structured_output,
                 "engine": self.engine.stats() if self.engine else None,
-                "embedding_cache": self.embedder.cache_info() if hasattr(self.embedder, "cache_info") else None,
+                "embedding_cache": getattr(self.embedder, "cache_info", lambda: None)(),
             },
         }
 
@@ -171,7 +177,7 @@ class FlipService:
 
     async def shutdown(self) -> None:
         self.status = Status.STOPPING
-        if hasattr(self.embedder, "close"):
+        if self.embedder is not None and hasattr(self.embedder, "close"):
             await self.embedder.close()
         if self._watchdog is not None:
             self._watchdog.cancel()

@@ -53,7 +53,8 @@ class _Unreadable(ValueError):
 
 
 def _special_tokens(service: FlipService) -> tuple[str, ...]:
-    return tuple(getattr(service.engine.tokenizer, "all_special_tokens", None) or ())
+    tokenizer = service.engine.tokenizer if service.engine is not None else None
+    return tuple(getattr(tokenizer, "all_special_tokens", None) or ())
 
 
 def _item(messages: list[dict] | None, response: str | None) -> RewardItem:

@@ -26,7 +26,7 @@ async def rank(body: RankRequest, request: Request) -> RankResponse:
     rewards = [r.reward for r in results]
     ranking = rank_order(rewards)
     return RankResponse(
-        model=service.engine.model_name,
+        model=service.model_name,
         similarity=body.similarity or service.settings.similarity,
         prompt_version=PROMPT_VERSION,
         rewards=rewards,

@@ -57,7 +57,7 @@ async def reward(body: RewardRequest, request: Request) -> RewardResponse:
     service, (result,) = await score_items(request, [body], body, route="/reward", field="body")
     return RewardResponse(
         **to_result(result, body.details).model_dump(),
-        model=service.engine.model_name,
+        model=service.model_name,
         similarity=body.similarity or service.settings.similarity,
         prompt_version=PROMPT_VERSION,
     )
@@ -70,7 +70,7 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> BatchRewar
     has `reward: null`, an `error` and its `code`, never a made-up 0."""
     service, results = await score_items(request, body.items, body, route="/batch_reward", field="items")
     return BatchRewardResponse(
-        model=service.engine.model_name,
+        model=service.model_name,
         method=body.method or service.settings.method,
         similarity=body.similarity or service.settings.similarity,
         prompt_version=PROMPT_VERSION,

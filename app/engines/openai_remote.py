@@ -109,6 +109,12 @@ class Backend:
     def up(self) -> bool:
         return time.monotonic() >= self.down_until
 
+    def outstanding_gauge(self) -> float:
+        return float(self.outstanding)
+
+    def cooling_gauge(self) -> float:
+        return float(not self.up)
+
     def mark_failed(self, problem: str) -> None:
         self.failures += 1
         self.failures_total += 1
@@ -198,8 +204,8 @@ class RemoteEngine(Engine):
         self.backends = [known.get(url) or Backend(url, source=source) for url, source in targets.items()]
         for backend in self.backends:  # read at scrape time; the latest engine of a process wins
             if backend.url not in known:
-                metrics.REMOTE_SERVER_OUTSTANDING.labels(url=backend.url).set_function(lambda b=backend: b.outstanding)
-                metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(lambda b=backend: float(not b.up))
+                metrics.REMOTE_SERVER_OUTSTANDING.labels(url=backend.url).set_function(backend.outstanding_gauge)
+                metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(backend.cooling_gauge)
         for gone in set(known) - set(targets):
             log.info("remote server %s left the fleet", gone)
             pool = known[gone].pool

@@ -136,7 +136,7 @@ class VLLMEngine(Engine):
             model=model_path,
             served_model_name=model_name,
             max_model_len=settings.max_model_len,
-            dtype=resolve_dtype(settings.dtype),
+            dtype=resolve_dtype(settings.dtype),  # type: ignore[arg-type]  # one of Settings.dtype's choices
             enforce_eager=resolve_enforce_eager(settings.enforce_eager, on_cpu),
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,
