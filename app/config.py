@@ -279,3 +279,24 @@ class Settings(BaseSettings):
         if self.request_timeout_s > self.max_request_timeout_s:
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
         return self
+
+
+# Which concern each setting belongs to: the README's configuration table has one section per group
+# (tests/unit/test_config_docs.py checks it). The variables stay flat (FLIP_<NAME>); "experimental"
+# holds knobs that measurements did not adopt, kept for comparison runs, not for production.
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "log_level", "log_format", "log_bodies", "api_keys", "api_keys_file",
+        "metrics_need_key", "shutdown_grace_s", "exit_grace_s",),
+    "engine": ("engine", "model", "cache_dir", "max_model_len", "max_tokens", "temperature", "seed", "dtype",
+        "enforce_eager", "gpu_memory_utilization", "cpu_kv_cache_gib", "cpu_reserved_cores", "max_num_seqs",
+        "kv_block_size", "watchdog_interval_s", "engine_stall_s", "embedding_model", "embedding_device",
+        "embedding_batch_size", "embedding_batch_wait_ms", "embedding_cache_size",),
+    "scoring": ("method", "likelihood_distractors", "likelihood_scale", "max_instruction_tokens", "copy_guard",
+        "copy_guard_words", "strip_think", "unscorable_reward", "similarity", "hybrid_weight", "prompt_mode",),
+    "limits": ("max_batch_items", "max_body_bytes", "max_field_chars", "max_messages", "body_timeout_s",
+        "max_queued_items", "request_timeout_s", "max_request_timeout_s",),
+    "remote": ("remote_urls", "remote_model", "remote_api_key", "remote_api_key_file", "remote_max_concurrency",
+        "remote_timeout_s", "remote_retries", "remote_wait_s", "remote_prompt_logprobs", "remote_prefix_affinity",
+        "remote_affinity_max_imbalance", "remote_resolve_s", "remote_connection_lifetime_s",),
+    "experimental": ("likelihood_baseline", "likelihood_prefill", "structured_output",),
+}

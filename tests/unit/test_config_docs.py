@@ -26,3 +26,16 @@ def test_a_block_size_the_cpu_backend_cannot_take_is_refused_naming_the_setting(
         check_block_size(16, on_cpu=True)
     check_block_size(16, on_cpu=False)  # GPUs take 16
     check_block_size(64, on_cpu=True)
+
+
+def test_every_setting_has_one_group_and_sits_in_its_readme_section():
+    from app.config import SETTING_GROUPS
+
+    grouped = [name for names in SETTING_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Settings.model_fields), "each setting in exactly one group"
+    table = README[README.index("## Configuration"):]
+    sections = table.split("\n### ")[1:]
+    assert len(sections) == len(SETTING_GROUPS), "one README section per settings group"
+    for (group, names), section in zip(SETTING_GROUPS.items(), sections):
+        rows = [line for line in section.splitlines() if line.startswith("| `FLIP_")]
+        assert [row.split("`")[1] for row in rows] == [f"FLIP_{n.upper()}" for n in names], group
