@@ -120,8 +120,9 @@ class MicroBatcher(Generic[T, R]):
 
 
 class QueueFull(Exception):
-    def __init__(self, requested: int, queued: int, limit: int, reason: str | None = None,
-                 retry_after_s: int = 1) -> None:
+    def __init__(
+        self, requested: int, queued: int, limit: int, reason: str | None = None, retry_after_s: int = 1
+    ) -> None:
         super().__init__(reason or f"{queued} items are queued, the limit is {limit}; {requested} more do not fit")
         self.requested, self.queued, self.limit = requested, queued, limit
         self.retry_after_s = retry_after_s
@@ -141,8 +142,9 @@ class Admission:
     # that it follows the last minutes of work; idle time neither counts nor decays it.
     HALF_LIFE_S = 60.0
 
-    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, on_change: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.queued = 0
         self._on_change = on_change
@@ -170,17 +172,25 @@ class Admission:
         if self.queued == 0:  # nothing ahead: waiting cannot make it faster (a batch too big is a 413 upstream)
             return None
         if deadline_s is not None and after > deadline_s:
-            return QueueFull(n, self.queued, self.limit,
-                             f"the {self.queued + n} items queued with these take about {after:.0f} s at "
-                             f"{rate:.2f} items/s, past this request's deadline of {deadline_s:g} s",
-                             retry_after_s=max(1, min(60, math.ceil(after - deadline_s))))
+            return QueueFull(
+                n,
+                self.queued,
+                self.limit,
+                f"the {self.queued + n} items queued with these take about {after:.0f} s at "
+                f"{rate:.2f} items/s, past this request's deadline of {deadline_s:g} s",
+                retry_after_s=max(1, min(60, math.ceil(after - deadline_s))),
+            )
         # Requests in flight that can still finish in time must not be pushed past their deadline.
         at_risk = [left for left in (end - now for end in self._deadlines.values()) if before <= left < after]
         if at_risk:
-            return QueueFull(n, self.queued, self.limit,
-                             f"{n} more items would push a request in flight past its deadline "
-                             f"({after:.0f} s of work queued at {rate:.2f} items/s, {min(at_risk):.0f} s left)",
-                             retry_after_s=max(1, min(60, math.ceil(min(n / rate, 60)))))
+            return QueueFull(
+                n,
+                self.queued,
+                self.limit,
+                f"{n} more items would push a request in flight past its deadline "
+                f"({after:.0f} s of work queued at {rate:.2f} items/s, {min(at_risk):.0f} s left)",
+                retry_after_s=max(1, min(60, math.ceil(min(n / rate, 60)))),
+            )
         return None
 
     @contextmanager

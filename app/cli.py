@@ -23,8 +23,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description} [env FLIP_{name.upper()}]"
         if field.annotation in (bool, bool | None):
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text, metavar="VALUE")
 
@@ -68,15 +69,20 @@ def _prepare_model(args: argparse.Namespace) -> int:
         if settings.model is None and args.out is None:
             path = prepare_builtin_llm(settings.cache_dir, force=args.force)
         else:
-            default = builtin_llm_dir(settings.cache_dir) if settings.model is None else \
-                settings.cache_dir / "models" / settings.model.rstrip("/").split("/")[-1]
+            default = (
+                builtin_llm_dir(settings.cache_dir)
+                if settings.model is None
+                else settings.cache_dir / "models" / settings.model.rstrip("/").split("/")[-1]
+            )
             out = Path(args.out) if args.out else default
             path = prepare_model(settings.model, out, settings.cache_dir, force=args.force, revision=args.revision)
     except ModelNotAvailable as exc:
         print(f"flip-reward: {exc}", file=sys.stderr)
         return 1
-    print(f"model {settings.model or 'built-in'} ready at {path} ({time.perf_counter() - started:.1f} s); "
-          f"serve it with FLIP_MODEL={path}")
+    print(
+        f"model {settings.model or 'built-in'} ready at {path} ({time.perf_counter() - started:.1f} s); "
+        f"serve it with FLIP_MODEL={path}"
+    )
     return 0
 
 
@@ -89,8 +95,12 @@ async def _score_once(settings: Settings, prompt: str, response: str) -> dict[st
     if service.scorer is None:
         raise SystemExit(f"flip-reward: {service.load_error}")
     try:
-        options = ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode,
-                               method=settings.method, copy_guard=settings.copy_guard)
+        options = ScoreOptions(
+            similarity=settings.similarity,
+            prompt_mode=settings.prompt_mode,
+            method=settings.method,
+            copy_guard=settings.copy_guard,
+        )
         (result,) = await service.scorer.score([ScoreItem(instruction=prompt, response=response)], options)
         return vars(result)
     finally:
@@ -120,7 +130,8 @@ async def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, A
     service = None
     if args.url:
         client = AsyncFlipClient(args.url, api_key=args.api_key, timeout=3600, max_concurrency=1)
-        model = (httpx.get(args.url.rstrip("/") + "/info", timeout=30).json()).get("model", "?")
+        async with httpx.AsyncClient(timeout=30) as http:
+            model = (await http.get(args.url.rstrip("/") + "/info")).json().get("model", "?")
     else:  # in process: the same app and routes, over an in-memory transport
         from app.main import create_app
         from app.service import FlipService
@@ -141,8 +152,10 @@ async def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, A
         if service is not None:
             await service.shutdown()
     limit = f", {args.limit} rows per file (seeded sample)" if args.limit else ""
-    header = (f"Model {model}; {time.strftime('%Y-%m-%d')}; files: {', '.join(f.name for f in files)}{limit}; "
-              f"{elapsed:.0f} s.\n")
+    header = (
+        f"Model {model}; {time.strftime('%Y-%m-%d')}; files: {', '.join(f.name for f in files)}{limit}; "
+        f"{elapsed:.0f} s.\n"
+    )
     written = report.write(results, Path(args.out), header, highlight=specs[0].name)
     print(report.markdown(results, header))
     print("written:", ", ".join(str(p) for p in written.values()))

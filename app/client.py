@@ -95,8 +95,14 @@ def _error_message(response: httpx.Response) -> str:
 class _Outcome:
     """What one attempt came to: a JSON body, or a failure that may be retried."""
 
-    def __init__(self, body: Any = None, error: str | None = None, status: int | None = None,
-                 retry: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        body: Any = None,
+        error: str | None = None,
+        status: int | None = None,
+        retry: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         self.body, self.error, self.status, self.retry, self.retry_after = body, error, status, retry, retry_after
 
 
@@ -151,8 +157,9 @@ class _Base:
         with self._replica_lock:  # round-robin over the replicas, shared by every chunk
             return next(self._next_replica) % len(self.base_urls)
 
-    def _batch_body(self, items: Sequence[dict], similarity: str | None, details: bool,
-                    options: dict | None = None) -> dict:
+    def _batch_body(
+        self, items: Sequence[dict], similarity: str | None, details: bool, options: dict | None = None
+    ) -> dict:
         """`options`: other /batch_reward options, e.g. {"method": "likelihood", "prompt_mode": "direct"}."""
         body: dict[str, Any] = {"items": list(items), "details": details, **(options or {})}
         if similarity or self.similarity:
@@ -160,8 +167,9 @@ class _Base:
         return body
 
     def _failed(self, outcome: _Outcome, attempts: int) -> FlipRequestError:
-        return FlipRequestError(f"{outcome.error} (after {attempts} attempt{'s' * (attempts > 1)})",
-                                outcome.status, attempts)
+        return FlipRequestError(
+            f"{outcome.error} (after {attempts} attempt{'s' * (attempts > 1)})", outcome.status, attempts
+        )
 
     def _none_instead(self, exc: FlipRequestError) -> bool:
         """on_failure='none' covers failures of the service (transport, 429, 5xx), never a 4xx
@@ -286,8 +294,14 @@ class AsyncFlipClient(_Base):
             await asyncio.sleep(self.retry.delay(attempt, outcome.retry_after))
         raise AssertionError("unreachable")
 
-    async def _chunk(self, items: Sequence[dict], similarity: str | None, details: bool,
-                     gate: asyncio.Semaphore, options: dict | None = None) -> list[dict | None]:
+    async def _chunk(
+        self,
+        items: Sequence[dict],
+        similarity: str | None,
+        details: bool,
+        gate: asyncio.Semaphore,
+        options: dict | None = None,
+    ) -> list[dict | None]:
         async with gate:
             try:
                 body = self._batch_body(items, similarity, details, options)
@@ -297,8 +311,9 @@ class AsyncFlipClient(_Base):
                     return [None] * len(items)
                 raise
 
-    async def score(self, items: Sequence[dict], similarity: str | None = None,
-                    details: bool = False, options: dict | None = None) -> list[dict | None]:
+    async def score(
+        self, items: Sequence[dict], similarity: str | None = None, details: bool = False, options: dict | None = None
+    ) -> list[dict | None]:
         if not items:
             return []
         gate = asyncio.Semaphore(self.max_concurrency)

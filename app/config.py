@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     seed: int = Field(0, description="Sampling seed (used when temperature > 0).")
     dtype: str = Field(
-        "auto", description="vLLM dtype (auto, bfloat16, float16, float32). auto: float32 on CPU (batch-invariant rewards), the model's dtype on GPU."
+        "auto",
+        description="vLLM dtype (auto, bfloat16, float16, float32). auto: float32 on CPU (batch-invariant "
+        "rewards), the model's dtype on GPU.",
     )
     enforce_eager: bool | None = Field(
         None,
@@ -85,11 +87,15 @@ class Settings(BaseSettings):
         "without the response.",
     )
     likelihood_scale: float = Field(
-        1.0, gt=0.0, description="likelihood: reward = sigmoid(per-token score / scale) (pmi, distractors) or "
-        "exp(score / scale) (none, no distractors)."
+        1.0,
+        gt=0.0,
+        description="likelihood: reward = sigmoid(per-token score / scale) (pmi, distractors) or "
+        "exp(score / scale) (none, no distractors).",
     )
     likelihood_distractors: int = Field(
-        4, ge=0, le=8,
+        4,
+        ge=0,
+        le=8,
         description="likelihood: also score this many unrelated built-in instructions after the response and "
         "subtract their mean score: a response that makes any instruction likely gains nothing. 0: off. Each "
         "costs a prefill of the instruction only (the response's is reused from vLLM's prefix cache).",
@@ -102,14 +108,19 @@ class Settings(BaseSettings):
         "Measured 0.72x and 1.03x rewards/s on 2 CPU cores with the built-in model (bench/throughput.py "
         "--likelihood-ab), so off; meant for large vocabularies on GPUs, where it is not measured yet.",
     )
-    max_instruction_tokens: int = Field(256, ge=8, description="Instruction tokens scored by likelihood (the rest cut).")
+    max_instruction_tokens: int = Field(
+        256, ge=8, description="Instruction tokens scored by likelihood (the rest cut)."
+    )
     copy_guard: bool = Field(
         True,
         description="Delete from the response the passages it copies from the instruction (runs of "
-        "copy_guard_words words, or content words) before scoring, the restate-the-instruction hack; likelihood also scores 0 a response "
+        "copy_guard_words words, or content words) before scoring, the restate-the-instruction hack; "
+        "likelihood also scores 0 a response "
         "that is only the instruction's words in an implausible order (keyword stuffing).",
     )
-    copy_guard_words: int = Field(3, ge=1, description="Shortest copied run of words (or of content words) the guard deletes.")
+    copy_guard_words: int = Field(
+        3, ge=1, description="Shortest copied run of words (or of content words) the guard deletes."
+    )
 
     # --- similarity model (sentence-transformers)
     embedding_model: str | None = Field(
@@ -166,7 +177,8 @@ class Settings(BaseSettings):
         "goes to the least busy one (or the one holding its prompt's prefix).",
     )
     remote_model: str | None = Field(
-        None, description="Model name to request from the remote servers (a --served-model-name). Unset: the one "
+        None,
+        description="Model name to request from the remote servers (a --served-model-name). Unset: the one "
         "named like FLIP_MODEL. Either way it must be FLIP_MODEL's model (checked at start, with a tokenization "
         "round trip through /tokenize).",
     )
@@ -192,20 +204,27 @@ class Settings(BaseSettings):
         "(/v1/completions: every request prefills its whole prompt), auto (generate where offered).",
     )
     remote_prefix_affinity: bool = Field(
-        True, description="Send a prompt to the server that was sent its longest prefix (an item's distractors "
+        True,
+        description="Send a prompt to the server that was sent its longest prefix (an item's distractors "
         "follow its response), unless that server is busier by more than remote_affinity_max_imbalance.",
     )
     remote_affinity_max_imbalance: int = Field(
-        8, ge=0, description="Most extra requests outstanding on a prefix-holding server before a prompt goes "
+        8,
+        ge=0,
+        description="Most extra requests outstanding on a prefix-holding server before a prompt goes "
         "to the least busy one instead.",
     )
     remote_resolve_s: float = Field(
-        0.0, ge=0, description="Every this many seconds, resolve each remote URL's host and use one server per "
+        0.0,
+        ge=0,
+        description="Every this many seconds, resolve each remote URL's host and use one server per "
         "address (a headless Service: one per vLLM pod, so balancing and prefix affinity work per pod). 0: the "
         "URLs as given.",
     )
     remote_connection_lifetime_s: float = Field(
-        60.0, ge=0, description="Connections to a remote server are renewed after this long, so a Kubernetes "
+        60.0,
+        ge=0,
+        description="Connections to a remote server are renewed after this long, so a Kubernetes "
         "Service URL spreads over its pods (new TCP connections, new DNS look-ups). 0: kept.",
     )
 
@@ -255,7 +274,9 @@ class Settings(BaseSettings):
         600.0, gt=0.0, description="Largest deadline a request may ask for with timeout_s."
     )
     kv_block_size: int = Field(
-        32, ge=16, description="vLLM KV-cache block size, tokens. Prefix caching shares whole blocks only: "
+        32,
+        ge=16,
+        description="vLLM KV-cache block size, tokens. Prefix caching shares whole blocks only: "
         "vLLM's CPU default (128) is longer than the shared system prompt, so nothing would be reused. A "
         "multiple of 32 on the CPU backend (checked at start); 16 also works on GPUs.",
     )
@@ -265,7 +286,9 @@ class Settings(BaseSettings):
 
     # --- trainers: rewards for content that cannot earn one
     unscorable_reward: float = Field(
-        0.0, ge=-1e6, le=1e6,
+        0.0,
+        ge=-1e6,
+        le=1e6,
         description="Reward for a response with nothing to score (empty, only <think>, only copies of the "
         "instruction); the reason is reported beside it (`unscorable`).",
     )
@@ -285,18 +308,82 @@ class Settings(BaseSettings):
 # (tests/unit/test_config_docs.py checks it). The variables stay flat (FLIP_<NAME>); "experimental"
 # holds knobs that measurements did not adopt, kept for comparison runs, not for production.
 SETTING_GROUPS: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "log_level", "log_format", "log_bodies", "api_keys", "api_keys_file",
-        "metrics_need_key", "shutdown_grace_s", "exit_grace_s",),
-    "engine": ("engine", "model", "cache_dir", "max_model_len", "max_tokens", "temperature", "seed", "dtype",
-        "enforce_eager", "gpu_memory_utilization", "cpu_kv_cache_gib", "cpu_reserved_cores", "max_num_seqs",
-        "kv_block_size", "watchdog_interval_s", "engine_stall_s", "embedding_model", "embedding_device",
-        "embedding_batch_size", "embedding_batch_wait_ms", "embedding_cache_size",),
-    "scoring": ("method", "likelihood_distractors", "likelihood_scale", "max_instruction_tokens", "copy_guard",
-        "copy_guard_words", "strip_think", "unscorable_reward", "similarity", "hybrid_weight", "prompt_mode",),
-    "limits": ("max_batch_items", "max_body_bytes", "max_field_chars", "max_messages", "body_timeout_s",
-        "max_queued_items", "request_timeout_s", "max_request_timeout_s",),
-    "remote": ("remote_urls", "remote_model", "remote_api_key", "remote_api_key_file", "remote_max_concurrency",
-        "remote_timeout_s", "remote_retries", "remote_wait_s", "remote_prompt_logprobs", "remote_prefix_affinity",
-        "remote_affinity_max_imbalance", "remote_resolve_s", "remote_connection_lifetime_s",),
-    "experimental": ("likelihood_baseline", "likelihood_prefill", "structured_output",),
+    "server": (
+        "host",
+        "port",
+        "log_level",
+        "log_format",
+        "log_bodies",
+        "api_keys",
+        "api_keys_file",
+        "metrics_need_key",
+        "shutdown_grace_s",
+        "exit_grace_s",
+    ),
+    "engine": (
+        "engine",
+        "model",
+        "cache_dir",
+        "max_model_len",
+        "max_tokens",
+        "temperature",
+        "seed",
+        "dtype",
+        "enforce_eager",
+        "gpu_memory_utilization",
+        "cpu_kv_cache_gib",
+        "cpu_reserved_cores",
+        "max_num_seqs",
+        "kv_block_size",
+        "watchdog_interval_s",
+        "engine_stall_s",
+        "embedding_model",
+        "embedding_device",
+        "embedding_batch_size",
+        "embedding_batch_wait_ms",
+        "embedding_cache_size",
+    ),
+    "scoring": (
+        "method",
+        "likelihood_distractors",
+        "likelihood_scale",
+        "max_instruction_tokens",
+        "copy_guard",
+        "copy_guard_words",
+        "strip_think",
+        "unscorable_reward",
+        "similarity",
+        "hybrid_weight",
+        "prompt_mode",
+    ),
+    "limits": (
+        "max_batch_items",
+        "max_body_bytes",
+        "max_field_chars",
+        "max_messages",
+        "body_timeout_s",
+        "max_queued_items",
+        "request_timeout_s",
+        "max_request_timeout_s",
+    ),
+    "remote": (
+        "remote_urls",
+        "remote_model",
+        "remote_api_key",
+        "remote_api_key_file",
+        "remote_max_concurrency",
+        "remote_timeout_s",
+        "remote_retries",
+        "remote_wait_s",
+        "remote_prompt_logprobs",
+        "remote_prefix_affinity",
+        "remote_affinity_max_imbalance",
+        "remote_resolve_s",
+        "remote_connection_lifetime_s",
+    ),
+    "experimental": (
+        "likelihood_baseline",
+        "likelihood_prefill",
+        "structured_output",
+    ),
 }

@@ -31,8 +31,12 @@ def log_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
         }
     else:
         formatter = {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"}
-    handler = {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"],
-               "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        "filters": ["request_id"],
+        "stream": "ext://sys.stderr",
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,

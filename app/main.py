@@ -19,8 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.api import health, reward
-from app.api import compat, rank
+from app.api import compat, health, rank, reward
 from app.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
 from app.api.errors import install_error_handlers, send_error
 from app.api.limits import BodyLimitMiddleware
@@ -124,8 +123,12 @@ def create_app(
     app.state.service = service
     app.state.settings = settings
     # Outermost last: request ids first, then the key check, then the body limits, then the routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                       log_bodies=settings.log_bodies)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        log_bodies=settings.log_bodies,
+    )
     keys, public = load_api_keys(settings), open_paths(settings)
     app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=public)
     app.add_middleware(RequestContextMiddleware)

@@ -96,8 +96,9 @@ def prepare_model(
     """Put a model into `out`, a folder FLIP_MODEL (or FLIP_EMBEDDING_MODEL) can name, ahead of the
     service's start: for an image build stage, an init container, or a Job filling a shared volume.
 
-    No model: the built-in one, converted (once, into cache_dir) and copied. A local folder: copied. Otherwise a Hugging Face id,
-    downloaded (safetensors weights, config and tokenizer files); HF_TOKEN is used when set, and with
+    No model: the built-in one, converted (once, into cache_dir) and copied. A local folder: copied.
+    Otherwise a Hugging Face id, downloaded (safetensors weights, config and tokenizer files);
+    HF_TOKEN is used when set, and with
     HF_HUB_OFFLINE=1 only the local Hugging Face cache (HF_HOME) is read.
     """
     if not model:
@@ -134,8 +135,11 @@ def _download(repo_id: str, into: Path, revision: str | None) -> None:
         else:
             snapshot_download(repo_id, revision=revision, local_dir=into, ignore_patterns=_SKIPPED_FILES)
     except LocalEntryNotFoundError as exc:
-        why = "HF_HUB_OFFLINE=1 and it is not in the local cache (HF_HOME)" if constants.HF_HUB_OFFLINE else \
-            "the Hugging Face hub cannot be reached"
+        why = (
+            "HF_HUB_OFFLINE=1 and it is not in the local cache (HF_HOME)"
+            if constants.HF_HUB_OFFLINE
+            else "the Hugging Face hub cannot be reached"
+        )
         raise ModelNotAvailable(f"{repo_id}: {why}") from exc
     except HfHubHTTPError as exc:  # no such repository, gated without HF_TOKEN, ...
         raise ModelNotAvailable(f"{repo_id}: {exc}") from exc

@@ -37,21 +37,32 @@ def measure(n: int) -> dict:
 
     settings = Settings()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-    llm = LLM(model=resolve_llm(settings.model, settings.cache_dir), dtype=resolve_dtype(settings.dtype),
-              max_model_len=settings.max_model_len, enforce_eager=True, enable_prefix_caching=False)
+    llm = LLM(
+        model=resolve_llm(settings.model, settings.cache_dir),
+        dtype=resolve_dtype(settings.dtype),
+        max_model_len=settings.max_model_len,
+        enforce_eager=True,
+        enable_prefix_caching=False,
+    )
     path = EVAL if EVAL.exists() else SAMPLE
     prompts = [json.loads(line)["chosen"][:1800] for line in path.read_text().splitlines()[:n]]
     llm.generate(prompts[:2], SamplingParams(max_tokens=1), use_tqdm=False)  # warm-up
     out = {}
-    for name, params in (("prefill", SamplingParams(max_tokens=1)),
-                         ("prefill + prompt logprobs", SamplingParams(max_tokens=1, prompt_logprobs=0)),
-                         ("prefill + 32 decoded", SamplingParams(max_tokens=32, ignore_eos=True))):
+    for name, params in (
+        ("prefill", SamplingParams(max_tokens=1)),
+        ("prefill + prompt logprobs", SamplingParams(max_tokens=1, prompt_logprobs=0)),
+        ("prefill + 32 decoded", SamplingParams(max_tokens=32, ignore_eos=True)),
+    ):
         started = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - started
         tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        out[name] = {"prompts": len(prompts), "prompt_tokens": tokens, "seconds": seconds,
-                     "prompt_tokens_per_s": tokens / seconds}
+        out[name] = {
+            "prompts": len(prompts),
+            "prompt_tokens": tokens,
+            "seconds": seconds,
+            "prompt_tokens_per_s": tokens / seconds,
+        }
     return out
 
 
@@ -66,12 +77,17 @@ def main() -> None:
     results = {}
     for reserved in ("1", "0"):
         env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": reserved}
-        proc = subprocess.run([sys.executable, __file__, "--child", "--prompts", str(args.prompts)],
-                              env=env, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", "--prompts", str(args.prompts)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"reserved={reserved} failed:\n{proc.stderr[-3000:]}")
-        results[f"reserved_{reserved}"] = json.loads(line[len("RESULT "):])
+        results[f"reserved_{reserved}"] = json.loads(line[len("RESULT ") :])
     header = f"{'phase':<28}{'reserved 1 tok/s':>18}{'reserved 0 tok/s':>18}{'ratio':>8}"
     lines = [header, "-" * len(header)]
     for phase in results["reserved_1"]:
@@ -82,8 +98,11 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, {args.prompts} prompts\n{table}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cpu_cores-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count()}
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")
 

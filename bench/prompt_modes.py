@@ -66,8 +66,9 @@ async def run(n_pairs: int, only: list[str] | None) -> dict:
             service.settings.structured_output = structured
             await service.engine._llm.reset_prefix_cache()  # no head start from the mode before
             started = time.perf_counter()
-            options = ScoreOptions(similarity=service.settings.similarity, prompt_mode=mode, method=method,
-                                   distractors=distractors)
+            options = ScoreOptions(
+                similarity=service.settings.similarity, prompt_mode=mode, method=method, distractors=distractors
+            )
             scored = await service.scorer.score(items, options)
             seconds = time.perf_counter() - started
             wins = ties = 0.0
@@ -101,8 +102,10 @@ def main() -> None:
     header = f"{'mode':<30}{'pairs':>6}{'accuracy':>10}{'ties':>6}{'rewards/s':>11}{'tok/reward':>11}{'unparsed':>10}"
     lines = [header, "-" * len(header)]
     for name, r in results.items():
-        lines.append(f"{name:<30}{r['pairs']:>6}{r['accuracy']:>10.3f}{r['ties']:>6}{r['rewards_per_s']:>11.2f}"
-                     f"{r['tokens_per_reward']:>11.1f}{r['parse_failures']:>10}")
+        lines.append(
+            f"{name:<30}{r['pairs']:>6}{r['accuracy']:>10.3f}{r['ties']:>6}{r['rewards_per_s']:>11.2f}"
+            f"{r['tokens_per_reward']:>11.1f}{r['parse_failures']:>10}"
+        )
     table = "\n".join(lines)
     print(table)
     from app.config import Settings
@@ -113,9 +116,14 @@ def main() -> None:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"prompt-modes-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": settings.model or BUILTIN_LLM_NAME,
-            "prompt_version": PROMPT_VERSION, "similarity": settings.similarity, "max_tokens": settings.max_tokens,
-            "seed": SEED}
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": settings.model or BUILTIN_LLM_NAME,
+        "prompt_version": PROMPT_VERSION,
+        "similarity": settings.similarity,
+        "max_tokens": settings.max_tokens,
+        "seed": SEED,
+    }
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")
 

@@ -73,12 +73,24 @@ def main() -> None:
 
     out = ROOT / "bench" / "results" / "rank_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "n": args.n, "repeats": args.repeats, "row": args.row, "prompt": prompt,
-        "model": info["model"], "machine": platform.platform(), "timings_s": timings,
-        "rank_response": ranked, "equal_to_batch_reward": same,
-        "single_rewards": singles, "differ_from_single": differ,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "repeats": args.repeats,
+                "row": args.row,
+                "prompt": prompt,
+                "model": info["model"],
+                "machine": platform.platform(),
+                "timings_s": timings,
+                "rank_response": ranked,
+                "equal_to_batch_reward": same,
+                "single_rewards": singles,
+                "differ_from_single": differ,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -97,9 +97,13 @@ async def run_local(items, method: str) -> dict:
         results, seconds = await score(engine, items, method)
     finally:
         await engine.shutdown()
-    return {"requests": counts["requests"], "prompt_tokens": counts["prompt"],
-            "computed_tokens": counts["prompt"] - counts["cached"], "seconds": seconds,
-            "rewards": [r.reward for r in results]}
+    return {
+        "requests": counts["requests"],
+        "prompt_tokens": counts["prompt"],
+        "computed_tokens": counts["prompt"] - counts["cached"],
+        "seconds": seconds,
+        "rewards": [r.reward for r in results],
+    }
 
 
 def start_servers(n: int, log_dir: Path) -> list[tuple[subprocess.Popen, str]]:
@@ -111,13 +115,36 @@ def start_servers(n: int, log_dir: Path) -> list[tuple[subprocess.Popen, str]]:
     for k in range(n):
         port = 18600 + k
         process = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-             "--served-model-name", BUILTIN_LLM_NAME, "--enforce-eager", "--max-model-len", "2048",
-             "--dtype", "float32", "--block-size", "32", "--enable-scale-out", "--enable-prompt-tokens-details",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=(log_dir / f"vllm-{port}.log").open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-                 "VLLM_SERVER_DEV_MODE": "1"},
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model_dir),
+                "--served-model-name",
+                BUILTIN_LLM_NAME,
+                "--enforce-eager",
+                "--max-model-len",
+                "2048",
+                "--dtype",
+                "float32",
+                "--block-size",
+                "32",
+                "--enable-scale-out",
+                "--enable-prompt-tokens-details",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=(log_dir / f"vllm-{port}.log").open("w"),
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                "VLLM_SERVER_DEV_MODE": "1",
+            },
         )
         servers.append((process, f"http://127.0.0.1:{port}"))
     deadline = time.monotonic() + 900
@@ -138,8 +165,11 @@ def start_servers(n: int, log_dir: Path) -> list[tuple[subprocess.Popen, str]]:
 
 def server_counters(urls: list[str]) -> dict[str, float]:
     """The fleet's prompt-token counters, summed over servers."""
-    wanted = {'vllm:prompt_tokens_total{': "prompt", 'source="local_compute"': "computed",
-              'source="local_cache_hit"': "cache_hit"}
+    wanted = {
+        "vllm:prompt_tokens_total{": "prompt",
+        'source="local_compute"': "computed",
+        'source="local_cache_hit"': "cache_hit",
+    }
     totals = dict.fromkeys(wanted.values(), 0.0)
     for url in urls:
         for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
@@ -154,8 +184,13 @@ async def run_remote(urls: list[str], items, method: str, endpoint: str, affinit
     from app.config import Settings
     from app.engines.openai_remote import RemoteEngine
 
-    settings = Settings(engine="remote", remote_urls=urls, remote_wait_s=0, remote_prompt_logprobs=endpoint,
-                        remote_prefix_affinity=affinity)
+    settings = Settings(
+        engine="remote",
+        remote_urls=urls,
+        remote_wait_s=0,
+        remote_prompt_logprobs=endpoint,
+        remote_prefix_affinity=affinity,
+    )
     engine = await asyncio.to_thread(RemoteEngine.start, settings)
     try:
         await score(engine, items[:1], method)  # warm-up, as local
@@ -168,11 +203,14 @@ async def run_remote(urls: list[str], items, method: str, endpoint: str, affinit
         after = server_counters(urls)
     finally:
         await engine.shutdown()
-    return {"requests": sum(b.requests_total for b in engine.backends) - sum(sent_before),
-            "prompt_tokens": int(after["prompt"] - before["prompt"]),
-            "computed_tokens": int(after["computed"] - before["computed"]), "seconds": seconds,
-            "per_server_requests": [b.requests_total - s for b, s in zip(engine.backends, sent_before)],
-            "rewards": [r.reward for r in results]}
+    return {
+        "requests": sum(b.requests_total for b in engine.backends) - sum(sent_before),
+        "prompt_tokens": int(after["prompt"] - before["prompt"]),
+        "computed_tokens": int(after["computed"] - before["computed"]),
+        "seconds": seconds,
+        "per_server_requests": [b.requests_total - s for b, s in zip(engine.backends, sent_before)],
+        "rewards": [r.reward for r in results],
+    }
 
 
 async def run(n_items: int, n_servers: int, method: str) -> dict:
@@ -208,12 +246,16 @@ def main() -> None:
     parser.add_argument("--method", default="likelihood", choices=["likelihood", "generate", "judge"])
     args = parser.parse_args()
     results = asyncio.run(run(args.items, args.servers, args.method))
-    header = (f"{'engine':<32}{'requests':>9}{'prompt tok/reward':>18}{'computed tok/reward':>20}"
-              f"{'computed vs local':>18}{'s vs local':>11}{'max |reward diff|':>18}")
+    header = (
+        f"{'engine':<32}{'requests':>9}{'prompt tok/reward':>18}{'computed tok/reward':>20}"
+        f"{'computed vs local':>18}{'s vs local':>11}{'max |reward diff|':>18}"
+    )
     lines = [f"method {args.method}, {args.items} items, {args.servers} servers", header, "-" * len(header)]
     for name, r in results.items():
-        lines.append(f"{name:<32}{r['requests']:>9}{r['prompt_per_reward']:>18.1f}{r['computed_per_reward']:>20.1f}"
-                     f"{r['computed_vs_local']:>18.2f}{r['seconds_vs_local']:>11.2f}{r['max_reward_diff_vs_local']:>18.2e}")
+        lines.append(
+            f"{name:<32}{r['requests']:>9}{r['prompt_per_reward']:>18.1f}{r['computed_per_reward']:>20.1f}"
+            f"{r['computed_vs_local']:>18.2f}{r['seconds_vs_local']:>11.2f}{r['max_reward_diff_vs_local']:>18.2e}"
+        )
     table = "\n".join(lines)
     print(table)
     from app.config import Settings
@@ -223,9 +265,15 @@ def main() -> None:
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"remote-cost-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": settings.model or BUILTIN_LLM_NAME,
-            "method": args.method, "items": args.items, "servers": args.servers,
-            "distractors": settings.likelihood_distractors, "baseline": settings.likelihood_baseline}
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": settings.model or BUILTIN_LLM_NAME,
+        "method": args.method,
+        "items": args.items,
+        "servers": args.servers,
+        "distractors": settings.likelihood_distractors,
+        "baseline": settings.likelihood_baseline,
+    }
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")
 

@@ -32,17 +32,22 @@ from bench.throughput import load_pairs  # noqa: E402
 # Responses the keyword-stuffing guard must see (its fluency comes from the one-request path), and
 # ones only the copy guard touches.
 _CRAFTED = [
-    {"prompt": "Write a short poem about the autumn rain in the city",
-     "response": "city rain autumn poem short write " * 3},  # backwards: no run the copy guard deletes
-    {"prompt": "Explain how a refrigerator keeps food cold",
-     "response": "Sure! Here is my answer: explain how a refrigerator keeps food cold. It pumps heat out."},
+    {
+        "prompt": "Write a short poem about the autumn rain in the city",
+        "response": "city rain autumn poem short write " * 3,
+    },  # backwards: no run the copy guard deletes
+    {
+        "prompt": "Explain how a refrigerator keeps food cold",
+        "response": "Sure! Here is my answer: explain how a refrigerator keeps food cold. It pumps heat out.",
+    },
     {"prompt": "List three uses of baking soda", "response": "List three uses of baking soda."},
 ]
 
 
 def load_old_scorer(rev: str) -> types.ModuleType:
-    source = subprocess.run(["git", "show", f"{rev}:app/scoring/scorer.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{rev}:app/scoring/scorer.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     module = types.ModuleType("old_scorer")
     module.__file__ = f"{rev}:app/scoring/scorer.py"
     sys.modules[module.__name__] = module  # dataclasses look their module up

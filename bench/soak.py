@@ -65,8 +65,11 @@ def _payloads(n: int, seed: int) -> list[tuple[str, dict | bytes, int]]:
         elif kind < 0.85:
             out.append(("/batch_reward", {"items": [dict(rng.choice(items), id=f"{i}-{k}") for k in range(4)]}, 200))
         elif kind < 0.95:
-            messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-                        {"role": "user", "content": item["prompt"]}]
+            messages = [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": item["prompt"]},
+            ]
             out.append(("/reward", {"messages": messages, "response": item["response"]}, 200))
         else:
             out.append(("/reward", {"prompt": item["prompt"], "response": ["not", "a", "string"]}, 422))
@@ -93,8 +96,15 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-async def _send_all(url: str, requests: list[tuple[str, dict | bytes, int]], first_id: int, clients: int,
-                    deadline: float, api_key: str | None, log: dict) -> None:
+async def _send_all(
+    url: str,
+    requests: list[tuple[str, dict | bytes, int]],
+    first_id: int,
+    clients: int,
+    deadline: float,
+    api_key: str | None,
+    log: dict,
+) -> None:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(requests)):
         queue.put_nowait(index)
@@ -131,14 +141,29 @@ async def _send_all(url: str, requests: list[tuple[str, dict | bytes, int]], fir
         await asyncio.gather(*(client() for _ in range(clients)))
 
 
-async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int = 400, warmup: int = 32,
-                   max_seconds: float = 1200, max_late_rss_growth_mib: float = 64, seed: int = 0,
-                   api_key: str | None = None) -> dict:
+async def run_soak(
+    url: str,
+    pid: int | None,
+    clients: int = 16,
+    requests: int = 400,
+    warmup: int = 32,
+    max_seconds: float = 1200,
+    max_late_rss_growth_mib: float = 64,
+    seed: int = 0,
+    api_key: str | None = None,
+) -> dict:
     _require_loopback(url)
     deadline = time.monotonic() + max_seconds
     plan = _payloads(warmup + requests, seed)
-    log = {"sent": {}, "answers": Counter(), "statuses": Counter(), "latencies": [], "transport_errors": [],
-           "unexpected": [], "null_rewards": 0}
+    log = {
+        "sent": {},
+        "answers": Counter(),
+        "statuses": Counter(),
+        "latencies": [],
+        "transport_errors": [],
+        "unexpected": [],
+        "null_rewards": 0,
+    }
 
     await _send_all(url, plan[:warmup], 0, clients, deadline, api_key, log)
     rss_start = _rss(pid) if pid else None
@@ -191,20 +216,22 @@ async def run_soak(url: str, pid: int | None, clients: int = 16, requests: int =
         timeline = [[(at, round(rss[k] / MIB, 1)) for at, rss in samples] for k in (0, 1)]
         late = [late_rss_growth(timeline[k], rss_end[k] / MIB, elapsed, rss_start[k] / MIB) for k in (0, 1)]
         every = max(1, len(samples) // 20)
-        result.update({
-            "rss_after_warmup_mib": round(rss_start[0] / MIB, 1),
-            "rss_end_mib": round(rss_end[0] / MIB, 1),
-            "rss_growth_mib": round((rss_end[0] - rss_start[0]) / MIB, 1),
-            "rss_tree_after_warmup_mib": round(rss_start[1] / MIB, 1),
-            "rss_tree_end_mib": round(rss_end[1] / MIB, 1),
-            "rss_tree_peak_mib": round(max([rss_start[1]] + [rss[1] for _, rss in samples]) / MIB, 1),
-            "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
-            "rss_tree_late_growth_mib": round(late[1], 1),
-            "rss_late_growth_mib": round(late[0], 1),
-            "rss_late_growth_bound_mib": max_late_rss_growth_mib,
-            "rss_timeline_mib": timeline[0][::every],
-            "rss_tree_timeline_mib": timeline[1][::every],
-        })
+        result.update(
+            {
+                "rss_after_warmup_mib": round(rss_start[0] / MIB, 1),
+                "rss_end_mib": round(rss_end[0] / MIB, 1),
+                "rss_growth_mib": round((rss_end[0] - rss_start[0]) / MIB, 1),
+                "rss_tree_after_warmup_mib": round(rss_start[1] / MIB, 1),
+                "rss_tree_end_mib": round(rss_end[1] / MIB, 1),
+                "rss_tree_peak_mib": round(max([rss_start[1]] + [rss[1] for _, rss in samples]) / MIB, 1),
+                "rss_tree_growth_mib": round((rss_end[1] - rss_start[1]) / MIB, 1),
+                "rss_tree_late_growth_mib": round(late[1], 1),
+                "rss_late_growth_mib": round(late[0], 1),
+                "rss_late_growth_bound_mib": max_late_rss_growth_mib,
+                "rss_timeline_mib": timeline[0][::every],
+                "rss_tree_timeline_mib": timeline[1][::every],
+            }
+        )
     result["passed"] = (
         result["answered_exactly_once"]
         and not log["transport_errors"]
@@ -233,7 +260,9 @@ def _start_server(extra: list[str]) -> tuple[str, subprocess.Popen]:
         port = sock.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
@@ -256,8 +285,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="measured requests, after the warm-up")
     parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long")
-    parser.add_argument("--max-late-rss-growth-mib", type=float, default=64,
-                        help="bound on the server's RSS growth over the second half of the measured run")
+    parser.add_argument(
+        "--max-late-rss-growth-mib",
+        type=float,
+        default=64,
+        help="bound on the server's RSS growth over the second half of the measured run",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
@@ -269,8 +302,19 @@ def main() -> int:
         url, process = _start_server(args.server_arg)
         pid = process.pid
     try:
-        result = asyncio.run(run_soak(url, pid, args.clients, args.requests, args.warmup, args.max_seconds,
-                                      args.max_late_rss_growth_mib, args.seed, os.environ.get("FLIP_SOAK_API_KEY")))
+        result = asyncio.run(
+            run_soak(
+                url,
+                pid,
+                args.clients,
+                args.requests,
+                args.warmup,
+                args.max_seconds,
+                args.max_late_rss_growth_mib,
+                args.seed,
+                os.environ.get("FLIP_SOAK_API_KEY"),
+            )
+        )
     finally:
         if process is not None:
             process.terminate()

@@ -52,17 +52,31 @@ def main() -> None:
                 elapsed = time.perf_counter() - t
                 scored = sum(r is not None for r in body["rewards"])
                 tokens = sum(r["usage"]["completion_tokens"] for r in body["results"])
-                rows.append({"method": method, "items": len(batch), "scored": scored, "seconds": elapsed,
-                             "rewards_per_s": len(batch) / elapsed, "generated_tokens": tokens})
+                rows.append(
+                    {
+                        "method": method,
+                        "items": len(batch),
+                        "scored": scored,
+                        "seconds": elapsed,
+                        "rewards_per_s": len(batch) / elapsed,
+                        "generated_tokens": tokens,
+                    }
+                )
     finally:
         stop_server(server)
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor()
-              or platform.machine(), "start_to_ready_s": ready_s, "batches": rows}
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "start_to_ready_s": ready_s,
+        "batches": rows,
+    }
     print(f"start-up to /ready: {ready_s:.1f} s")
     print(f"{'method':<12}{'items':>6}{'scored':>8}{'seconds':>9}{'rewards/s':>11}{'gen tokens':>12}")
     for r in rows:
-        print(f"{r['method']:<12}{r['items']:>6}{r['scored']:>8}{r['seconds']:>9.1f}{r['rewards_per_s']:>11.2f}"
-              f"{r['generated_tokens']:>12}")
+        print(
+            f"{r['method']:<12}{r['items']:>6}{r['scored']:>8}{r['seconds']:>9.1f}{r['rewards_per_s']:>11.2f}"
+            f"{r['generated_tokens']:>12}"
+        )
     (RESULTS / "startup.json").write_text(json.dumps(result, indent=1))
 
 

@@ -66,8 +66,9 @@ def load_pairs() -> list[dict]:
                 pairs.append({"prompt": row["instruction"], "response": row["response"]})
             else:
                 pairs += [{"prompt": row["prompt"], "response": row[k]} for k in ("chosen", "rejected")]
-    pairs = [p for p in pairs if p["prompt"].strip() and p["response"].strip()
-             and len(p["response"]) <= MAX_RESPONSE_CHARS]
+    pairs = [
+        p for p in pairs if p["prompt"].strip() and p["response"].strip() and len(p["response"]) <= MAX_RESPONSE_CHARS
+    ]
     random.Random(SEED).shuffle(pairs)
     return [{"id": str(i), **p} for i, p in enumerate(pairs)]
 
@@ -85,9 +86,13 @@ def score_options(settings, method: str | None = None):
     """The options a request without any gets (app/api/reward.py's score_options)."""
     from app.scoring.scorer import ScoreOptions
 
-    return ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode,
-                        method=method or settings.method, copy_guard=settings.copy_guard,
-                        distractors=settings.likelihood_distractors)
+    return ScoreOptions(
+        similarity=settings.similarity,
+        prompt_mode=settings.prompt_mode,
+        method=method or settings.method,
+        copy_guard=settings.copy_guard,
+        distractors=settings.likelihood_distractors,
+    )
 
 
 async def score_raw(engine, embedder, settings, items: list[dict], split_prefill: bool | None = None) -> list:
@@ -96,8 +101,9 @@ async def score_raw(engine, embedder, settings, items: list[dict], split_prefill
     from app.scoring.scorer import ScoreItem, Scorer
 
     scorer = Scorer(engine, embedder, settings, split_prefill)
-    return await scorer.score([ScoreItem(i["prompt"], i["response"], id=i.get("id")) for i in items],
-                              score_options(settings))
+    return await scorer.score(
+        [ScoreItem(i["prompt"], i["response"], id=i.get("id")) for i in items], score_options(settings)
+    )
 
 
 class LogprobCounter:
@@ -144,9 +150,13 @@ def run_raw(items: list[dict]) -> dict:
         finally:
             await engine.shutdown()
         rewards = [r.reward for r in results if r.reward is not None]
-        return {"items": len(items), "seconds": seconds, "rewards_per_s": len(items) / seconds,
-                "tokens_per_reward": sum(r.completion_tokens for r in results) / len(items),
-                "mean_reward": statistics.fmean(rewards)}
+        return {
+            "items": len(items),
+            "seconds": seconds,
+            "rewards_per_s": len(items) / seconds,
+            "tokens_per_reward": sum(r.completion_tokens for r in results) / len(items),
+            "mean_reward": statistics.fmean(rewards),
+        }
 
     return asyncio.run(main())
 
@@ -171,8 +181,11 @@ async def _singles_in_process(scorer, items: list[dict], options, concurrency: i
 # the system prompt); "cached baseline" reads the PMI baseline's shared head from the prefix cache;
 # after also prefills the response without logprobs and scores the instructions from the cache.
 LIKELIHOOD_ARMS = {"before": (False, False), "cached baseline": (False, True), "after": (True, True)}
-ARM_LABELS = {"before": "before: one request per instruction", "cached baseline": "+ PMI baseline from cache",
-              "after": "after: + prefill, then from cache"}
+ARM_LABELS = {
+    "before": "before: one request per instruction",
+    "cached baseline": "+ PMI baseline from cache",
+    "after": "after: + prefill, then from cache",
+}
 
 
 def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int = 64) -> dict:
@@ -191,14 +204,15 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
         engine, _ = await asyncio.to_thread(_start_engine, settings)
         counter = LogprobCounter(engine)
         scorers = {arm: Scorer(counter, None, settings, *ways) for arm, ways in LIKELIHOOD_ARMS.items()}
-        totals = {arm: {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "rewards": [], "rounds": []}
-                  for arm in scorers}
+        totals = {
+            arm: {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "rewards": [], "rounds": []} for arm in scorers
+        }
         try:
             for scorer in scorers.values():  # warm-up, not measured
                 await _singles_in_process(scorer, items[-4:], options, 4)
-            rounds = [items[k:k + round_items] for k in range(0, len(items) - 4, round_items)]
+            rounds = [items[k : k + round_items] for k in range(0, len(items) - 4, round_items)]
             for r, chunk in enumerate(rounds):
-                for arm in (list(scorers) if r % 2 == 0 else list(scorers)[::-1]):  # ABC CBA: drift hits all
+                for arm in list(scorers) if r % 2 == 0 else list(scorers)[::-1]:  # ABC CBA: drift hits all
                     await engine._llm.reset_prefix_cache()
                     positions, requests = counter.logprob_positions, counter.requests
                     seconds, results = await _singles_in_process(scorers[arm], chunk, options, concurrency)
@@ -214,9 +228,14 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
         n = len(totals["before"]["rewards"])
         out: dict = {"items": n, "concurrency": concurrency, "rounds": len(rounds)}
         for arm, t in totals.items():
-            out[arm] = {"items": n, "seconds": t["seconds"], "rewards_per_s": n / t["seconds"],
-                        "logprob_tokens_per_reward": t["logprob_positions"] / n,
-                        "engine_requests_per_reward": t["requests"] / n, "rounds": t["rounds"]}
+            out[arm] = {
+                "items": n,
+                "seconds": t["seconds"],
+                "rewards_per_s": n / t["seconds"],
+                "logprob_tokens_per_reward": t["logprob_positions"] / n,
+                "engine_requests_per_reward": t["requests"] / n,
+                "rounds": t["rounds"],
+            }
         for arm in scorers:
             pairs = list(zip(totals["before"]["rewards"], totals[arm]["rewards"]))
             out[arm]["max_abs_reward_diff"] = max(abs(a - b) for a, b in pairs if None not in (a, b))
@@ -228,18 +247,24 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
 
 
 def likelihood_ab_table(ab: dict) -> str:
-    header = f"{'likelihood, ' + str(ab['concurrency']) + ' concurrent singles':<40}{'items':>6}{'rewards/s':>11}" \
-             f"{'logprob tok/reward':>20}{'requests/reward':>17}{'per round, s':>14}{'/before':>9}" \
-             f"{'same rewards':>14}{'max |diff|':>12}"
+    header = (
+        f"{'likelihood, ' + str(ab['concurrency']) + ' concurrent singles':<40}{'items':>6}{'rewards/s':>11}"
+        f"{'logprob tok/reward':>20}{'requests/reward':>17}{'per round, s':>14}{'/before':>9}"
+        f"{'same rewards':>14}{'max |diff|':>12}"
+    )
     lines = [header, "-" * len(header)]
     for arm, label in ARM_LABELS.items():
         r = ab[arm]
         per_round = " ".join(f"{x['seconds']:.0f}" for x in r["rounds"])
-        lines.append(f"{label:<40}{r['items']:>6}{r['rewards_per_s']:>11.2f}{r['logprob_tokens_per_reward']:>20.1f}"
-                     f"{r['engine_requests_per_reward']:>17.2f}{per_round:>14}{r['speedup']:>8.2f}x"
-                     f"{str(r['rewards_identical']) + '/' + str(r['items']):>14}{r['max_abs_reward_diff']:>12.3g}")
-    lines.append(f"({ab['rounds']} rounds of {ab['items'] // ab['rounds']} items, the arms' order reversed each round; "
-                 "the prefix cache emptied before each arm)")
+        lines.append(
+            f"{label:<40}{r['items']:>6}{r['rewards_per_s']:>11.2f}{r['logprob_tokens_per_reward']:>20.1f}"
+            f"{r['engine_requests_per_reward']:>17.2f}{per_round:>14}{r['speedup']:>8.2f}x"
+            f"{str(r['rewards_identical']) + '/' + str(r['items']):>14}{r['max_abs_reward_diff']:>12.3g}"
+        )
+    lines.append(
+        f"({ab['rounds']} rounds of {ab['items'] // ab['rounds']} items, the arms' order reversed each round; "
+        "the prefix cache emptied before each arm)"
+    )
     return "\n".join(lines)
 
 
@@ -283,15 +308,25 @@ def run_naive(items: list[dict]) -> dict:
     with torch.inference_mode():
         for p in prepared:
             ids = torch.tensor([p.token_ids])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            new = out[0, ids.shape[1]:]
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=settings.max_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            new = out[0, ids.shape[1] :]
             tokens += len(new)
             raw.append(p.answer_prefix + tokenizer.decode(new, skip_special_tokens=True))
     rewards = _similarity(items, raw, settings)
     seconds = time.perf_counter() - started
-    return {"items": len(items), "seconds": seconds, "rewards_per_s": len(items) / seconds,
-            "tokens_per_reward": tokens / len(items), "mean_reward": statistics.fmean(rewards)}
+    return {
+        "items": len(items),
+        "seconds": seconds,
+        "rewards_per_s": len(items) / seconds,
+        "tokens_per_reward": tokens / len(items),
+        "mean_reward": statistics.fmean(rewards),
+    }
 
 
 def in_subprocess(phase: str, items: list[dict], **params) -> dict:
@@ -300,8 +335,9 @@ def in_subprocess(phase: str, items: list[dict], **params) -> dict:
     result = RESULTS / f".{phase}-result.json"
     job.write_text(json.dumps({"items": items, "params": params}))
     result.unlink(missing_ok=True)
-    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--job", str(job)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--job", str(job)], capture_output=True, text=True, cwd=ROOT
+    )
     job.unlink()
     if out.returncode != 0 or not result.exists():  # vLLM writes to stdout too: the result goes to a file
         raise RuntimeError(f"{phase} failed:\n{out.stderr[-3000:]}")
@@ -320,9 +356,22 @@ class Server:
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
-             "--max-queued-items", str(QUEUE_BOUND), "--log-level", "warning"],
-            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--max-queued-items",
+                str(QUEUE_BOUND),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         self.peak_rss = 0
         self._stop = threading.Event()
         threading.Thread(target=self._watch_rss, daemon=True).start()
@@ -365,9 +414,14 @@ class Server:
 
 def _summary(n: int, seconds: float, latencies: list[float], tokens: int) -> dict:
     latencies = sorted(latencies)
-    return {"items": n, "seconds": seconds, "rewards_per_s": n / seconds,
-            "p50_s": latencies[len(latencies) // 2], "p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "tokens_per_reward": tokens / n}
+    return {
+        "items": n,
+        "seconds": seconds,
+        "rewards_per_s": n / seconds,
+        "p50_s": latencies[len(latencies) // 2],
+        "p99_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "tokens_per_reward": tokens / n,
+    }
 
 
 async def singles(url: str, items: list[dict], concurrency: int) -> dict:
@@ -400,7 +454,7 @@ async def batches(url: str, items: list[dict], chunk: int) -> dict:
         started = time.perf_counter()
         for start in range(0, len(items), chunk):
             t0 = time.perf_counter()
-            r = await client.post("/batch_reward", json={"items": items[start:start + chunk]})
+            r = await client.post("/batch_reward", json={"items": items[start : start + chunk]})
             latencies.append(time.perf_counter() - t0)
             r.raise_for_status()
             tokens += sum(res["usage"]["completion_tokens"] for res in r.json()["results"])
@@ -425,8 +479,13 @@ async def burst(url: str, items: list[dict]) -> dict:
             key = str(r.status_code)
         counts[key] = counts.get(key, 0) + 1
     ok = set(counts) <= {"200 reward", "429"} and sum(counts.values()) == len(items)
-    return {"requests": len(items), "queue_bound": QUEUE_BOUND, "seconds": seconds, "outcomes": counts,
-            "every_request_answered_reward_or_429": ok}
+    return {
+        "requests": len(items),
+        "queue_bound": QUEUE_BOUND,
+        "seconds": seconds,
+        "outcomes": counts,
+        "every_request_answered_reward_or_429": ok,
+    }
 
 
 # --- the run
@@ -444,28 +503,46 @@ def run_burst_only(method: str | None) -> None:
         b = asyncio.run(burst(server.url, take(pairs, 0, BURST)))
     finally:
         server.stop()
-    print(f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
-          f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}")
+    print(
+        f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
+        f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"burst-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "warm_up": warm, "burst": b}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "warm_up": warm, "burst": b}, indent=2
+        )
+    )
     print(f"wrote {out}")
 
 
 def run_likelihood_ab_only(args: argparse.Namespace) -> None:
     pairs = load_pairs()
     items = take(pairs, 0, args.ab_items + 4)  # the last 4: the warm-up
-    print(f"likelihood before/after: {args.ab_items} items, {args.concurrency} concurrent singles, "
-          f"rounds of {args.round_items}", flush=True)
+    print(
+        f"likelihood before/after: {args.ab_items} items, {args.concurrency} concurrent singles, "
+        f"rounds of {args.round_items}",
+        flush=True,
+    )
     ab = in_subprocess("likelihood_ab", items, concurrency=args.concurrency, round_items=args.round_items)
     table = likelihood_ab_table(ab)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"likelihood-ab-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "machine": platform.platform(), "cpus": os.cpu_count(), "seed": SEED,
-                               "likelihood_ab": ab, "table": table}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": platform.platform(),
+                "cpus": os.cpu_count(),
+                "seed": SEED,
+                "likelihood_ab": ab,
+                "table": table,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 
@@ -474,13 +551,22 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=256, help="items per service phase (and for the raw engine)")
     parser.add_argument("--single-items", type=int, default=32, help="items for concurrency 1")
     parser.add_argument("--naive-items", type=int, default=16, help="items for the naive pipeline (slow)")
-    parser.add_argument("--method", choices=["likelihood", "generate"],
-                        help="how the service and the raw engine score (default: the server's default)")
-    parser.add_argument("--burst-only", action="store_true",
-                        help="only the burst, after a warm-up of 32 singles (a quick backpressure check)")
-    parser.add_argument("--likelihood-ab", action="store_true",
-                        help="only the likelihood method before/after (one request per instruction vs a prefill "
-                        "first), in one engine process, interleaved")
+    parser.add_argument(
+        "--method",
+        choices=["likelihood", "generate"],
+        help="how the service and the raw engine score (default: the server's default)",
+    )
+    parser.add_argument(
+        "--burst-only",
+        action="store_true",
+        help="only the burst, after a warm-up of 32 singles (a quick backpressure check)",
+    )
+    parser.add_argument(
+        "--likelihood-ab",
+        action="store_true",
+        help="only the likelihood method before/after (one request per instruction vs a prefill "
+        "first), in one engine process, interleaved",
+    )
     parser.add_argument("--ab-items", type=int, default=128, help="items each likelihood arm scores")
     parser.add_argument("--round-items", type=int, default=64, help="items per interleaved likelihood round")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent singles in the likelihood rounds")
@@ -511,8 +597,7 @@ def main() -> None:
     sets = {name: take(pairs, k * n, n) for k, name in enumerate(["c64", "c32", "c8", "batch_all", "batch_32"])}
     sets["c1"] = take(pairs, 5 * n, args.single_items)
     sets["naive"] = take(pairs, 5 * n + args.single_items, args.naive_items)
-    print(f"workload: {len(pairs)} real pairs (seed {SEED}), {n} items per phase, method {settings.method}",
-          flush=True)
+    print(f"workload: {len(pairs)} real pairs (seed {SEED}), {n} items per phase, method {settings.method}", flush=True)
 
     results: dict = {}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -547,33 +632,52 @@ def main() -> None:
 
     ceiling, naive = results["raw_engine"]["rewards_per_s"], results["naive"]["rewards_per_s"]
     rows = [("raw engine (ceiling)", results["raw_engine"]), ("naive (reference generate)", results["naive"])]
-    rows += [(k.replace("service_", "service "), v) for k, v in results.items()
-             if k.startswith("service_") and isinstance(v, dict) and "rewards_per_s" in v]
-    header = f"{'phase':<28}{'items':>6}{'rewards/s':>11}{'p50 s':>8}{'p99 s':>8}{'tok/reward':>11}" \
-             f"{'/ceiling':>10}{'/naive':>8}"
+    rows += [
+        (k.replace("service_", "service "), v)
+        for k, v in results.items()
+        if k.startswith("service_") and isinstance(v, dict) and "rewards_per_s" in v
+    ]
+    header = (
+        f"{'phase':<28}{'items':>6}{'rewards/s':>11}{'p50 s':>8}{'p99 s':>8}{'tok/reward':>11}"
+        f"{'/ceiling':>10}{'/naive':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, r in rows:
         p50 = f"{r['p50_s']:.2f}" if "p50_s" in r else "-"
         p99 = f"{r['p99_s']:.2f}" if "p99_s" in r else "-"
-        lines.append(f"{name:<28}{r['items']:>6}{r['rewards_per_s']:>11.2f}{p50:>8}{p99:>8}"
-                     f"{r['tokens_per_reward']:>11.1f}{r['rewards_per_s'] / ceiling:>10.2f}"
-                     f"{r['rewards_per_s'] / naive:>8.1f}")
+        lines.append(
+            f"{name:<28}{r['items']:>6}{r['rewards_per_s']:>11.2f}{p50:>8}{p99:>8}"
+            f"{r['tokens_per_reward']:>11.1f}{r['rewards_per_s'] / ceiling:>10.2f}"
+            f"{r['rewards_per_s'] / naive:>8.1f}"
+        )
     b = results["burst"]
-    lines.append(f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
-                 f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}")
+    lines.append(
+        f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
+        f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
+    )
     lines.append(f"service peak RSS (server + engine processes): {results['service_peak_rss_mib']:.0f} MiB")
     engine = results["service_info"]["engine"]
-    lines.append(f"prefix cache: {engine['prefix_cache']['hits']} of {engine['prefix_cache']['queries']} prompt "
-                 f"tokens reused; embedding cache: {results['service_info']['embedding_cache']}")
+    lines.append(
+        f"prefix cache: {engine['prefix_cache']['hits']} of {engine['prefix_cache']['queries']} prompt "
+        f"tokens reused; embedding cache: {results['service_info']['embedding_cache']}"
+    )
     if "likelihood_ab" in results:
         lines.append(likelihood_ab_table(results["likelihood_ab"]))
     table = "\n".join(lines)
     print(table)
 
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "model": settings.model or BUILTIN_LLM_NAME, "method": settings.method, "prompt_mode": settings.prompt_mode,
-            "max_tokens": settings.max_tokens, "items": n, "seed": SEED}
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "model": settings.model or BUILTIN_LLM_NAME,
+        "method": settings.method,
+        "prompt_mode": settings.prompt_mode,
+        "max_tokens": settings.max_tokens,
+        "items": n,
+        "seed": SEED,
+    }
     out = RESULTS / f"throughput-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.client import FlipClient  # noqa: E402
-from examples._common import URL, load_jsonl  # noqa: E402
+from app.client import FlipClient
+from examples._common import URL, load_jsonl
 
 
 def main() -> None:

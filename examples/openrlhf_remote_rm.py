@@ -30,10 +30,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples._common import URL, selfinstruct  # noqa: E402
+from examples._common import URL, selfinstruct
 
-TEMPLATE = "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n" \
-           "<|im_start|>assistant\n"
+TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 def main() -> None:

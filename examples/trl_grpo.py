@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.integrations.trl import make_reward_func  # noqa: E402
-from examples._common import URL, selfinstruct  # noqa: E402
+from app.integrations.trl import make_reward_func
+from examples._common import URL, selfinstruct
 
 
 def dataset_rows(conversational: bool, n: int) -> list[dict]:
@@ -38,9 +38,16 @@ def direct(conversational: bool) -> None:
     else:
         prompts = [r["instruction"] for r in rows for _ in range(2)]
         completions = [text for r in rows for text in (r["response"], "Sure.")]
-    rewards = asyncio.run(reward(prompts=prompts, completions=completions, completion_ids=[[0]] * len(prompts),
-                                 id=[r["id"] for r in rows for _ in range(2)], trainer_state=None))
-    for prompt, completion, value in zip(prompts, completions, rewards):
+    rewards = asyncio.run(
+        reward(
+            prompts=prompts,
+            completions=completions,
+            completion_ids=[[0]] * len(prompts),
+            id=[r["id"] for r in rows for _ in range(2)],
+            trainer_state=None,
+        )
+    )
+    for completion, value in zip(completions, rewards):
         text = completion if isinstance(completion, str) else completion[0]["content"]
         print(f"{value!s:>22}  {text[:60]!r}")
 
@@ -74,8 +81,10 @@ def train(conversational: bool, steps: int) -> None:
     trainer.train()
     for entry in trainer.state.log_history:
         if "rewards/flip_reward/mean" in entry:
-            print(f"step {entry['step']}: flip reward mean {entry['rewards/flip_reward/mean']:.4f} "
-                  f"(std {entry['rewards/flip_reward/std']:.4f})")
+            print(
+                f"step {entry['step']}: flip reward mean {entry['rewards/flip_reward/mean']:.4f} "
+                f"(std {entry['rewards/flip_reward/std']:.4f})"
+            )
 
 
 def main() -> None:

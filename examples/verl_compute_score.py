@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.integrations.verl import compute_score, compute_score_async  # noqa: E402
-from examples._common import URL, selfinstruct  # noqa: E402
+from app.integrations.verl import compute_score, compute_score_async
+from examples._common import URL, selfinstruct
 
 
 def verl_row(row: dict) -> dict:
@@ -50,8 +50,9 @@ def main() -> None:
             base_url=URL,
         )
         print(f"sync : {result}")
-    result = asyncio.run(compute_score_async("self-instruct", "Paris.", "", {"instruction": "Name a city."},
-                                             base_url=URL))
+    result = asyncio.run(
+        compute_score_async("self-instruct", "Paris.", "", {"instruction": "Name a city."}, base_url=URL)
+    )
     print(f"async: {result}")
 
 

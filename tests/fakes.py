@@ -104,7 +104,7 @@ class FakeEngine(Engine):
             finally:
                 self.running -= 1
             await asyncio.sleep(0)
-            while self.stuck and self.healthy:  # stuck until the watchdog fails the engine
+            while self.stuck and self.healthy:  # noqa: ASYNC110  # stuck until the watchdog fails the engine
                 await asyncio.sleep(0.01)
             if self.stuck:
                 raise EngineUnavailable(f"fake engine failed: {self.failure}")
@@ -116,7 +116,7 @@ class FakeEngine(Engine):
         text = text.removeprefix(prefix)
         words = text.split(" ")
         if len(words) > params.max_tokens:  # one token per word, as the tokenizer counts
-            return Generation(" ".join(words[:params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")
+            return Generation(" ".join(words[: params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:

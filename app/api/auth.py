@@ -58,8 +58,9 @@ class ApiKeyMiddleware:
             return
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            await send_error(scope, send, 401, "unauthorized", "the Authorization header must be 'Bearer <key>'",
-                             headers=challenge)
+            await send_error(
+                scope, send, 401, "unauthorized", "the Authorization header must be 'Bearer <key>'", headers=challenge
+            )
             return
         if not key_matches(token.strip().encode("latin-1"), self.keys):
             await send_error(scope, send, 403, "forbidden", "the API key is not valid")

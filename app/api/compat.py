@@ -114,15 +114,21 @@ async def openrlhf_get_reward(
                 messages = instruction_messages(prompt, tokens)
             else:  # old OpenRLHF sends only the query: its turns before the last assistant turn
                 turns = parse_chat(query) or []
-                messages = instruction_messages(turns[:-1], tokens) if turns and turns[-1]["role"] == "assistant" \
-                    else None
+                messages = (
+                    instruction_messages(turns[:-1], tokens) if turns and turns[-1]["role"] == "assistant" else None
+                )
             items.append(_item(messages, response_from_query(query, prompt, tokens)))
         except _Unreadable as exc:
             raise _unreadable(f"query[{index}]", exc) from None
 
     service, scored = await score_items(
-        request, items, ScoringOptions(similarity=similarity), route="/get_reward", field="query",
-        on_item_error="trainer", field_of=lambda i: f"query[{i}]",
+        request,
+        items,
+        ScoringOptions(similarity=similarity),
+        route="/get_reward",
+        field="query",
+        on_item_error="trainer",
+        field_of=lambda i: f"query[{i}]",
     )
     results = [to_result(r, False).model_dump() for r in scored]
     rewards = [float(r["reward"]) for r in results]
@@ -146,14 +152,22 @@ async def slime_reward(
     service = ready_service(request)
     tokens = _special_tokens(service)
     try:
-        messages = (_label_messages(body.label, tokens) if instruction_from == "label"
-                    else instruction_messages(body.prompt, tokens))
+        messages = (
+            _label_messages(body.label, tokens)
+            if instruction_from == "label"
+            else instruction_messages(body.prompt, tokens)
+        )
         item = _item(messages, strip_special_tokens(body.response, tokens))
     except _Unreadable as exc:
         raise _unreadable("label" if instruction_from == "label" else "prompt", exc) from None
     _, (scored,) = await score_items(
-        request, [item], ScoringOptions(similarity=similarity), route="/slime_reward", field="body",
-        on_item_error="trainer", field_of=lambda i: "response",
+        request,
+        [item],
+        ScoringOptions(similarity=similarity),
+        route="/slime_reward",
+        field="body",
+        on_item_error="trainer",
+        field_of=lambda i: "response",
     )
     result = to_result(scored, False).model_dump()
     return SlimeResponse(**result, extra_logs=extra_logs(result))

@@ -92,8 +92,9 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def check_item_limits(items: list[RewardItem], settings: Settings,
-                      item_field: Callable[[int], str] | None = None) -> None:
+def check_item_limits(
+    items: list[RewardItem], settings: Settings, item_field: Callable[[int], str] | None = None
+) -> None:
     """413 for the first item field over its limit, named like a validation error (items[3].response);
     `item_field(i)` names item i (None: a single item, named by its fields alone)."""
     max_chars, max_messages = settings.max_field_chars, settings.max_messages

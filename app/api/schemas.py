@@ -109,14 +109,18 @@ class ScoringOptions(BaseModel):
         "likelihood, score keyword stuffing 0); unset: the server default.",
     )
     distractors: int | None = Field(
-        None, ge=0, le=8,
+        None,
+        ge=0,
+        le=8,
         description="likelihood only: how many unrelated built-in instructions to contrast the real one with "
         "(0: plain pmi); unset: the server default.",
     )
     details: bool = Field(False, description="Include the model's raw output in each result.")
     timeout_s: float | None = Field(
-        None, gt=0, description="Deadline for this request in seconds (unset: the server default; at most "
-        "the server's max_request_timeout_s). Past it: 504, and the engine work is aborted."
+        None,
+        gt=0,
+        description="Deadline for this request in seconds (unset: the server default; at most "
+        "the server's max_request_timeout_s). Past it: 504, and the engine work is aborted.",
     )
 
 
@@ -159,7 +163,9 @@ class Usage(BaseModel):
 
 
 class Likelihood(BaseModel):
-    conditional: float | None = Field(description="Mean log-probability per scored instruction token, given the response.")
+    conditional: float | None = Field(
+        description="Mean log-probability per scored instruction token, given the response."
+    )
     unconditional: float | None = Field(description="The same without the response (pmi baseline only).")
     pmi: float | None = Field(None, description="conditional - unconditional.")
     scored_tokens: int
@@ -167,9 +173,10 @@ class Likelihood(BaseModel):
         None, description="The reward before the keyword-stuffing guard set it to 0; present only then."
     )
     response_fluency: float | None = Field(
-        None, description="Mean log-probability per response token as the model reads it (the stuffing guard's "
+        None,
+        description="Mean log-probability per response token as the model reads it (the stuffing guard's "
         "input); with FLIP_LIKELIHOOD_PREFILL on, computed only for a response that is mostly the instruction's "
-        "words (a stuffing candidate)."
+        "words (a stuffing candidate).",
     )
     distractor_score: float | None = Field(
         None, description="The mean score (pmi) of the unrelated instructions after the same response."
@@ -190,12 +197,14 @@ class RewardResult(BaseModel):
         "service failed on this item (see `error` and `code`)."
     )
     unscorable: UnscorableReason | None = Field(
-        None, description="Why the response could not earn a reward (it got the floor): empty_response, "
-        "think_only (nothing outside <think>, or cut off inside one) or all_copied (only copies of the instruction)."
+        None,
+        description="Why the response could not earn a reward (it got the floor): empty_response, "
+        "think_only (nothing outside <think>, or cut off inside one) or all_copied (only copies of the instruction).",
     )
     guard: Literal["none", "copies_deleted", "keyword_stuffing", "unscorable"] | None = Field(
-        None, description="The guard that decided the reward: copies_deleted (scored without copied passages), "
-        "keyword_stuffing (likelihood: reward 0), unscorable (the floor); none. Null with an error."
+        None,
+        description="The guard that decided the reward: copies_deleted (scored without copied passages), "
+        "keyword_stuffing (likelihood: reward 0), unscorable (the floor); none. Null with an error.",
     )
     inferred_instruction: str | None = Field(description="generate: the instruction the model inferred.")
     similarities: Similarities | None = Field(description="generate: every similarity; reward is the chosen one.")
@@ -209,8 +218,9 @@ class RewardResult(BaseModel):
     usage: Usage
     error: str | None = Field(None, description="Why this item has no reward (a message).")
     code: ItemErrorCode | None = Field(
-        None, description="Machine-readable kind of `error`: empty_instruction, context_overflow, engine_error, "
-        "no_output, judge_no_score, unreadable_sample."
+        None,
+        description="Machine-readable kind of `error`: empty_instruction, context_overflow, engine_error, "
+        "no_output, judge_no_score, unreadable_sample.",
     )
     raw_output: str | None = Field(None, description="The model's output (with details=true).")
 
@@ -295,8 +305,10 @@ class OpenRLHFRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "query": ["<|im_start|>user\nName a primary colour.<|im_end|>\n<|im_start|>assistant\n"
-                              "Red is a primary colour.<|im_end|>"],
+                    "query": [
+                        "<|im_start|>user\nName a primary colour.<|im_end|>\n<|im_start|>assistant\n"
+                        "Red is a primary colour.<|im_end|>"
+                    ],
                     "prompts": ["<|im_start|>user\nName a primary colour.<|im_end|>\n<|im_start|>assistant\n"],
                     "labels": [None],
                 }
@@ -317,7 +329,7 @@ class OpenRLHFResponse(BaseModel):
     scores: list[float] = Field(description="The same values (in [0, 1]), for OpenRLHF's dynamic filtering.")
     extra_logs: dict[str, list[float]] = Field(
         description="Per-query finite numbers OpenRLHF turns into tensors and logs; the same keys for every query "
-        "of a method (README, \"Extra logs\")."
+        'of a method (README, "Extra logs").'
     )
     unscorable: list[UnscorableReason | None] = Field(description="Per query: why it got the floor, or null.")
     inferred_instructions: list[str | None]

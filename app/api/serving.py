@@ -48,6 +48,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 OnItemError = Literal["report", "trainer"]
 
+
 def ready_service(request: Request) -> FlipService:
     service: FlipService = request.app.state.service
     if not service.ready:
@@ -61,7 +62,8 @@ def request_deadline(service: FlipService, options: ScoringOptions) -> float:
         return settings.request_timeout_s
     if options.timeout_s > settings.max_request_timeout_s:
         raise ApiError(
-            422, "validation_error",
+            422,
+            "validation_error",
             f"timeout_s: {options.timeout_s} s is more than the limit of {settings.max_request_timeout_s} s",
             "timeout_s",
         )
@@ -168,12 +170,17 @@ async def score_items(
         metrics.REJECTED.inc()
         # Retry-After: 1 s past the queue bound (clients back off further on repeated 429s); past
         # the deadline check, about the time until the queue could finish within the deadline.
-        raise ApiError(429, "queue_full", f"server busy: {exc}; retry later",
-                       headers={"Retry-After": str(exc.retry_after_s)}) from None
+        raise ApiError(
+            429, "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except TimeoutError:
         metrics.TIMEOUTS.inc()
-        raise ApiError(504, "timeout", f"not scored within the deadline of {deadline:g} s; the work was aborted",
-                       headers={"Retry-After": "5"}) from None
+        raise ApiError(
+            504,
+            "timeout",
+            f"not scored within the deadline of {deadline:g} s; the work was aborted",
+            headers={"Retry-After": "5"},
+        ) from None
     except ClientDisconnected:
         # Nobody is listening; the status is only for the access log and the request metrics.
         raise ApiError(499, "client_disconnected", "the client disconnected; the work was aborted") from None

@@ -87,7 +87,9 @@ class Embedder:
         if missing:
             # A task of its own: a caller that is cancelled (client gone) must not take the
             # encoding away from the concurrent callers waiting for the same texts.
-            task: asyncio.Future = asyncio.ensure_future(self._batcher.submit([text for _, text in missing]))
+            task: asyncio.Future = asyncio.ensure_future(  # noqa: RUF006  (kept in self._pending below)
+                self._batcher.submit([text for _, text in missing])
+            )
             task.add_done_callback(functools.partial(self._store, missing))
             for index, key in enumerate(missing):
                 self._pending[key] = encoding[key] = (task, index)
@@ -106,8 +108,12 @@ class Embedder:
             self._cache.popitem(last=False)
 
     def cache_info(self) -> dict[str, int]:
-        return {"size": len(self._cache), "max_size": self.cache_size, "hits": self.cache_hits,
-                "misses": self.cache_misses}
+        return {
+            "size": len(self._cache),
+            "max_size": self.cache_size,
+            "hits": self.cache_hits,
+            "misses": self.cache_misses,
+        }
 
     async def close(self) -> None:
         await self._batcher.close()

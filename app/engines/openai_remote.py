@@ -78,7 +78,7 @@ def prefix_block_hashes(token_ids: list[int], block: int = AFFINITY_BLOCK) -> li
     prefix cache keys its blocks): two prompts share the first k hashes iff they share k blocks."""
     hashes, previous = [], 0
     for end in range(block, len(token_ids) + 1, block):
-        previous = hash((previous, tuple(token_ids[end - block:end])))
+        previous = hash((previous, tuple(token_ids[end - block : end])))
         hashes.append(previous)
     return hashes
 
@@ -143,9 +143,17 @@ class Backend:
 
     def state(self) -> dict[str, Any]:
         cooling = max(0.0, self.down_until - time.monotonic())
-        return {"url": self.url, "source": self.source, "outstanding": self.outstanding, "requests": self.requests_total,
-                "failures": self.failures_total, "consecutive_failures": self.failures,
-                "cooling_down": cooling > 0, "cooldown_left_s": round(cooling, 2), "last_error": self.last_error}
+        return {
+            "url": self.url,
+            "source": self.source,
+            "outstanding": self.outstanding,
+            "requests": self.requests_total,
+            "failures": self.failures_total,
+            "consecutive_failures": self.failures,
+            "cooling_down": cooling > 0,
+            "cooldown_left_s": round(cooling, 2),
+            "last_error": self.last_error,
+        }
 
 
 class RemoteEngine(Engine):
@@ -190,6 +198,7 @@ class RemoteEngine(Engine):
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._connection_lifetime_s = connection_lifetime_s
         self._retired: set[_Pool] = set()
+        self._closing: set[asyncio.Task] = set()  # retired pools' aclose(), referenced until done
         self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
         self._closed = False
         self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
@@ -251,15 +260,25 @@ class RemoteEngine(Engine):
                 check_tokenizer(http, url, model, tokenizer, front_model)
             endpoint = settings.remote_prompt_logprobs
             if endpoint == "auto":
-                endpoint = "generate" if offers_cache_reads(http, next(iter(cards)), model, tokenizer) else "completions"
+                endpoint = (
+                    "generate" if offers_cache_reads(http, next(iter(cards)), model, tokenizer) else "completions"
+                )
         max_model_len = min(settings.max_model_len, server_len or settings.max_model_len)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
-        log.info("remote engine: model %s at %s, context %d, prompt logprobs via %s", model,
-                 ", ".join(settings.remote_urls), max_model_len, endpoint)
+        log.info(
+            "remote engine: model %s at %s, context %d, prompt logprobs via %s",
+            model,
+            ", ".join(settings.remote_urls),
+            max_model_len,
+            endpoint,
+        )
         if endpoint == "completions":
-            log.warning("the servers do not offer %s with cached-token counts: every prompt-logprobs request "
-                        "prefills its whole prompt (start vllm serve with --enable-scale-out "
-                        "--enable-prompt-tokens-details to reuse the prefix cache)", GENERATE_PATH)
+            log.warning(
+                "the servers do not offer %s with cached-token counts: every prompt-logprobs request "
+                "prefills its whole prompt (start vllm serve with --enable-scale-out "
+                "--enable-prompt-tokens-details to reuse the prefix cache)",
+                GENERATE_PATH,
+            )
         return cls(
             settings.remote_urls,
             model,
@@ -313,14 +332,18 @@ class RemoteEngine(Engine):
             self._retire(pool)
             pool = None
         if pool is None:
-            pool = backend.pool = _Pool(httpx.AsyncClient(
-                timeout=self._timeout,
-                headers=self._headers,
-                limits=httpx.Limits(max_connections=self._max_concurrency,
-                                    max_keepalive_connections=self._max_concurrency,
-                                    keepalive_expiry=lifetime if lifetime > 0 else 5.0),
-                transport=self._transport,
-            ))
+            pool = backend.pool = _Pool(
+                httpx.AsyncClient(
+                    timeout=self._timeout,
+                    headers=self._headers,
+                    limits=httpx.Limits(
+                        max_connections=self._max_concurrency,
+                        max_keepalive_connections=self._max_concurrency,
+                        keepalive_expiry=lifetime if lifetime > 0 else 5.0,
+                    ),
+                    transport=self._transport,
+                )
+            )
         return pool
 
     def _retire(self, pool: _Pool) -> None:
@@ -333,7 +356,9 @@ class RemoteEngine(Engine):
     def _close_idle_retired(self) -> None:
         for pool in [p for p in self._retired if p.in_use == 0]:
             self._retired.discard(pool)
-            asyncio.ensure_future(pool.client.aclose())
+            task = asyncio.ensure_future(pool.client.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     # --- sending
 
@@ -393,8 +418,11 @@ class RemoteEngine(Engine):
                     last_problem = f"{backend.url}: {type(exc).__name__}"
                     backend.mark_failed(last_problem)
                     metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome="transport_error").inc()
-                    log.warning("remote server failed (%s); cooling it down for %.1f s", last_problem,
-                                backend.down_until - time.monotonic())
+                    log.warning(
+                        "remote server failed (%s); cooling it down for %.1f s",
+                        last_problem,
+                        backend.down_until - time.monotonic(),
+                    )
                     continue
                 self.last_progress_at = time.monotonic()
                 metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
@@ -472,16 +500,27 @@ class RemoteEngine(Engine):
             raise RemoteRequestError(f"{GENERATE_PATH} returned prompt logprobs that do not match the prompt")
         return logprobs
 
-    async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[list[float | None] | None, int]:
+    async def _generate_prompt_logprobs(
+        self, ids: list[int], read_cache: bool
+    ) -> tuple[list[float | None] | None, int]:
         """The prompt logprobs (None where they do not match the prompt) and the cached-token count."""
-        payload = {"model": self.model_name, "token_ids": ids,
-                   "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
-                                       "detokenize": False, "skip_reading_prefix_cache": not read_cache}}
+        payload = {
+            "model": self.model_name,
+            "token_ids": ids,
+            "sampling_params": {
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "prompt_logprobs": 0,
+                "detokenize": False,
+                "skip_reading_prefix_cache": not read_cache,
+            },
+        }
         body = await self._post(GENERATE_PATH, payload, ids)
         cached = self._count_usage(body)
         if cached is None:
-            raise RemoteRequestError(f"{GENERATE_PATH} gave no cached-token count "
-                                     "(start vllm serve with --enable-prompt-tokens-details)")
+            raise RemoteRequestError(
+                f"{GENERATE_PATH} gave no cached-token count (start vllm serve with --enable-prompt-tokens-details)"
+            )
         try:
             return read_logprobs(ids, body.get("prompt_logprobs"), cached), cached
         except KeyError:
@@ -490,14 +529,15 @@ class RemoteEngine(Engine):
     async def _completion_prompt_logprobs(self, ids: list[int]) -> list[float | None]:
         # vLLM's extra parameter `prompt_logprobs`: 0 gives the logprob of the actual token at
         # every position (this endpoint never reads the prefix cache for such requests).
-        payload = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
-                   "prompt_logprobs": 0}
+        payload = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
         body = await self._post(COMPLETIONS_PATH, payload, ids)
         self._count_usage(body)
         try:
             return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), 0)
         except KeyError as exc:
-            raise RemoteRequestError(f"{COMPLETIONS_PATH} returned prompt logprobs that do not match the prompt") from exc
+            raise RemoteRequestError(
+                f"{COMPLETIONS_PATH} returned prompt logprobs that do not match the prompt"
+            ) from exc
 
     def is_healthy(self) -> bool:
         """Ready while some server is not cooling down after failures."""
@@ -513,7 +553,8 @@ class RemoteEngine(Engine):
         return {
             "unfinished_requests": self.outstanding_requests,
             "prefix_cache": prefix_cache_stats(self.prompt_tokens, self.cached_tokens),
-            "prompt_logprobs_endpoint": GENERATE_PATH if self.prompt_logprobs_endpoint == "generate"
+            "prompt_logprobs_endpoint": GENERATE_PATH
+            if self.prompt_logprobs_endpoint == "generate"
             else COMPLETIONS_PATH,
             "servers": [b.state() for b in self.backends],
         }
@@ -562,8 +603,10 @@ def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> l
         raise RemoteRequestError("the remote server does not return prompt_logprobs")
     if len(positions) != len(ids):
         raise KeyError(f"{len(positions)} positions for {len(ids)} prompt tokens")
-    return [None if position is None or k <= cached else position[str(token_id)]["logprob"]
-            for k, (token_id, position) in enumerate(zip(ids, positions))]
+    return [
+        None if position is None or k <= cached else position[str(token_id)]["logprob"]
+        for k, (token_id, position) in enumerate(zip(ids, positions))
+    ]
 
 
 # --- start-up checks
@@ -581,8 +624,10 @@ def discover_models(http: httpx.Client, urls: list[str], wait_s: float) -> dict[
             try:
                 response = http.get(url.rstrip("/") + "/v1/models")
                 if response.status_code in (401, 403):
-                    raise FleetMismatch(f"{url} refused the API key (HTTP {response.status_code}): "
-                                        "set FLIP_REMOTE_API_KEY or FLIP_REMOTE_API_KEY_FILE to the fleet's key")
+                    raise FleetMismatch(
+                        f"{url} refused the API key (HTTP {response.status_code}): "
+                        "set FLIP_REMOTE_API_KEY or FLIP_REMOTE_API_KEY_FILE to the fleet's key"
+                    )
                 response.raise_for_status()
                 answered[url] = response.json()["data"]
             except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -600,7 +645,9 @@ def _basename(name: str) -> str:
     return os.path.basename(name.rstrip("/")).lower()
 
 
-def choose_model(cards: dict[str, list[dict[str, Any]]], wanted: str | None, front_model: str) -> tuple[str, int | None]:
+def choose_model(
+    cards: dict[str, list[dict[str, Any]]], wanted: str | None, front_model: str
+) -> tuple[str, int | None]:
     """The served model to request: `wanted` (FLIP_REMOTE_MODEL) if set, else the one whose name or
     path matches the front's model (FLIP_MODEL's last path part). Every answering server must serve
     it, and it must be the front's model: otherwise FleetMismatch, naming both."""
@@ -613,15 +660,21 @@ def choose_model(cards: dict[str, list[dict[str, Any]]], wanted: str | None, fro
             if card is None:
                 raise FleetMismatch(f"{url} does not serve model {wanted!r}; it serves {sorted(served)}")
         else:
-            matching = [c for c in listed if _basename(front_model) in {_basename(c["id"]), _basename(c.get("root") or "")}]
+            matching = [
+                c for c in listed if _basename(front_model) in {_basename(c["id"]), _basename(c.get("root") or "")}
+            ]
             if not matching:
-                raise FleetMismatch(f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
-                                    f"{sorted(served)}: set FLIP_MODEL to the fleet's model")
+                raise FleetMismatch(
+                    f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
+                    f"{sorted(served)}: set FLIP_MODEL to the fleet's model"
+                )
             card = matching[0]
         names = {_basename(card["id"]), _basename(card.get("root") or "")}
         if _basename(front_model) not in names:
-            raise FleetMismatch(f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
-                                f"{card['id']!r} from {card.get('root')!r}: set FLIP_MODEL to the fleet's model")
+            raise FleetMismatch(
+                f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
+                f"{card['id']!r} from {card.get('root')!r}: set FLIP_MODEL to the fleet's model"
+            )
         if chosen is not None and card["id"] != chosen:
             raise FleetMismatch(f"the servers serve different models: {chosen!r} and {card['id']!r} ({url})")
         chosen, server_len = card["id"], card.get("max_model_len")
@@ -644,23 +697,32 @@ def check_tokenizer(http: httpx.Client, url: str, model: str, tokenizer: Any, fr
     except ValueError:  # no chat template: the plain text still tells two tokenizers apart
         text = "\n".join(m["content"] for m in _PROBE_MESSAGES)
     mine = tokenizer.encode(text, add_special_tokens=False)
-    response = http.post(url.rstrip("/") + "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False})
+    response = http.post(
+        url.rstrip("/") + "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False}
+    )
     if response.status_code == 404:
-        raise FleetMismatch(f"{url} has no /tokenize: the front cannot check that its tokenizer "
-                            f"({front_model!r}) is the fleet's ({model!r})")
+        raise FleetMismatch(
+            f"{url} has no /tokenize: the front cannot check that its tokenizer "
+            f"({front_model!r}) is the fleet's ({model!r})"
+        )
     response.raise_for_status()
     theirs = response.json()["tokens"]
     if theirs != mine:
         first = next((k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-        raise FleetMismatch(f"the front's tokenizer ({front_model!r}) and {url}'s model ({model!r}) tokenize "
-                            f"a probe prompt differently (first at token {first}: {len(mine)} vs {len(theirs)} ids)")
+        raise FleetMismatch(
+            f"the front's tokenizer ({front_model!r}) and {url}'s model ({model!r}) tokenize "
+            f"a probe prompt differently (first at token {first}: {len(mine)} vs {len(theirs)} ids)"
+        )
 
 
 def offers_cache_reads(http: httpx.Client, url: str, model: str, tokenizer: Any) -> bool:
     """Whether the server has vLLM's /inference/v1/generate and reports cached tokens there."""
     ids = tokenizer.encode("probe", add_special_tokens=False) or [0]
-    payload = {"model": model, "token_ids": ids,
-               "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False}}
+    payload = {
+        "model": model,
+        "token_ids": ids,
+        "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False},
+    }
     try:
         response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
     except httpx.HTTPError:

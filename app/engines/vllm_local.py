@@ -84,8 +84,10 @@ def read_prompt_logprobs(out: Any) -> list[float | None]:
     the hidden state at k - 1, and positions served from the prefix cache have their slots left
     unwritten."""
     cached = out.num_cached_tokens or 0
-    return [None if position is None or k <= cached else position[token_id].logprob
-            for k, (token_id, position) in enumerate(zip(out.prompt_token_ids, out.prompt_logprobs))]
+    return [
+        None if position is None or k <= cached else position[token_id].logprob
+        for k, (token_id, position) in enumerate(zip(out.prompt_token_ids, out.prompt_logprobs))
+    ]
 
 
 def cache_reached(out: Any, scored_from: int) -> bool:
@@ -98,8 +100,9 @@ def check_block_size(block_size: int, on_cpu: bool) -> None:
     """vLLM's CPU attention takes only multiples of 32 and otherwise fails deep in a worker process
     ("No common block size for 16"); say which setting to change before starting it."""
     if on_cpu and block_size % 32:
-        raise ValueError(f"FLIP_KV_BLOCK_SIZE={block_size}: vLLM's CPU backend needs a multiple of 32 "
-                         "(16 works on GPUs only)")
+        raise ValueError(
+            f"FLIP_KV_BLOCK_SIZE={block_size}: vLLM's CPU backend needs a multiple of 32 (16 works on GPUs only)"
+        )
 
 
 class VLLMEngine(Engine):
@@ -107,7 +110,9 @@ class VLLMEngine(Engine):
     # in the prefix cache: the likelihood method prefills the response without logprobs first.
     scores_from_prefix_cache = True
 
-    def __init__(self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None) -> None:
+    def __init__(
+        self, llm: Any, model_name: str, max_model_len: int, step_stats: EngineStepStats | None = None
+    ) -> None:
         super().__init__()
         self._llm = llm
         self.step_stats = step_stats or EngineStepStats()
@@ -237,7 +242,8 @@ class VLLMEngine(Engine):
             if not use_cache:
                 raise
             return read_prompt_logprobs(
-                await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False)))
+                await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
+            )
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

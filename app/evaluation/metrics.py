@@ -58,13 +58,15 @@ def pairwise_accuracy(chosen: Sequence[float | None], rejected: Sequence[float |
     return bootstrap_mean(pair_outcomes(chosen, rejected), seed=seed)
 
 
-def length_balanced_accuracy(chosen_longer: Sequence[float], chosen_shorter: Sequence[float],
-                             seed: int = 0, resamples: int = 2000) -> Estimate:
+def length_balanced_accuracy(
+    chosen_longer: Sequence[float], chosen_shorter: Sequence[float], seed: int = 0, resamples: int = 2000
+) -> Estimate:
     """Mean of the accuracy on pairs whose chosen response is the longer one and on pairs where it
     is the shorter one (the outcomes of each group), with a bootstrap interval that resamples each
     group on its own. "Longer wins" scores exactly 0.5 here, whatever share of the file favours
     length, so a method above 0.5 ranks by something other than length. n: the pairs in both groups
     (0 when either group is empty: there is nothing to balance)."""
+
     def balanced(longer: np.ndarray, shorter: np.ndarray, axis: int = -1) -> np.ndarray:
         return (longer.mean(axis=axis) + shorter.mean(axis=axis)) / 2
 
@@ -109,7 +111,7 @@ def distribution(values: Sequence[float | None]) -> dict:
         return {"n": 0, "missing": len(values)}
     q = np.quantile(data, [0.1, 0.25, 0.5, 0.75, 0.9])
     return {
-        "n": int(len(data)),
+        "n": len(data),
         "missing": len(values) - len(data),
         "mean": float(data.mean()),
         "p10": float(q[0]),

@@ -13,7 +13,7 @@ BOILERPLATE = "Sure! Here is a clear and complete answer to your request. Let me
 
 
 def _keywords(text: str) -> list[str]:
-    return [w for w in re.findall(r"[A-Za-z]{4,}", text)]
+    return re.findall(r"[A-Za-z]{4,}", text)
 
 
 def _telegraphic(text: str) -> str:

@@ -26,18 +26,26 @@ def markdown(results: dict[str, Any], header: str = "") -> str:
         lines += ["| method | " + " | ".join(f"{k} (n={v['rows']})" for k, v in pairwise.items()) + " |"]
         lines += ["|---|" + "---|" * len(pairwise)]
         for name in names:
-            lines.append(f"| {name} | " + " | ".join(_fmt(v["methods"][name]["accuracy"]) for v in pairwise.values()) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(v["methods"][name]["accuracy"]) for v in pairwise.values()) + " |"
+            )
         for file, data in pairwise.items():
             lines += ["", f"### Accuracy by response length: {file}", ""]
             buckets = list(next(iter(data["methods"].values()))["by_length"])
-            lines += ["| method | " + " | ".join(f"{b} (n={next(iter(data['methods'].values()))['by_length'][b]['n']})" for b in buckets) + " |"]
+            lines += [
+                "| method | "
+                + " | ".join(f"{b} (n={next(iter(data['methods'].values()))['by_length'][b]['n']})" for b in buckets)
+                + " |"
+            ]
             lines += ["|---|" + "---|" * len(buckets)]
             for name, entry in data["methods"].items():
                 lines.append(f"| {name} | " + " | ".join(_fmt(entry["by_length"][b]) for b in buckets) + " |")
             first = next(iter(data["methods"].values()))["by_relative_length"]
             lines += ["", f"### Accuracy when the chosen response is the longer / the shorter one: {file}", ""]
-            lines += ["Length-balanced: the mean of the two, where \"longer wins\" scores 0.5.", ""]
-            lines += ["| method | " + " | ".join(f"{k} (n={v['n']})" for k, v in first.items()) + " | length-balanced |"]
+            lines += ['Length-balanced: the mean of the two, where "longer wins" scores 0.5.', ""]
+            lines += [
+                "| method | " + " | ".join(f"{k} (n={v['n']})" for k, v in first.items()) + " | length-balanced |"
+            ]
             lines += ["|---|" + "---|" * (len(first) + 1)]
             for name, entry in data["methods"].items():
                 cells = [_fmt(v) for v in entry["by_relative_length"].values()] + [_fmt(entry.get("length_balanced"))]
@@ -45,7 +53,11 @@ def markdown(results: dict[str, Any], header: str = "") -> str:
     for file, data in recon.items():
         names = list(data["methods"])
         probe_names = list(next(iter(data["methods"].values()))["probes"])
-        lines += ["", f"### {file} (n={data['rows']}): right instruction vs another row's, and reward-hacking probes", ""]
+        lines += [
+            "",
+            f"### {file} (n={data['rows']}): right instruction vs another row's, and reward-hacking probes",
+            "",
+        ]
         lines += ["Cells: share of rows where the honest response scores above the probe.", ""]
         lines += ["| method | matched > other instruction | mean reward | " + " | ".join(probe_names) + " |"]
         lines += ["|---|---|---|" + "---|" * len(probe_names)]
@@ -53,8 +65,10 @@ def markdown(results: dict[str, Any], header: str = "") -> str:
             entry = data["methods"][name]
             mean = entry["reward_distribution"].get("mean")
             cells = [f"{entry['probes'][p]['honest_wins']['value']:.2f}" for p in probe_names]
-            lines.append(f"| {name} | {_fmt(entry['matched_vs_other_instruction'])} | "
-                         f"{'–' if mean is None else f'{mean:.3f}'} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {_fmt(entry['matched_vs_other_instruction'])} | "
+                f"{'–' if mean is None else f'{mean:.3f}'} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -74,8 +88,12 @@ def plots(results: dict[str, Any], out_dir: Path, highlight: str) -> list[Path]:
     width = 0.8 / len(pairwise)
     for j, (file, data) in enumerate(pairwise.items()):
         values = [data["methods"][n]["accuracy"]["value"] for n in names]
-        errs = np.array([[v - data["methods"][n]["accuracy"]["ci95"][0], data["methods"][n]["accuracy"]["ci95"][1] - v]
-                         for n, v in zip(names, values)]).T
+        errs = np.array(
+            [
+                [v - data["methods"][n]["accuracy"]["ci95"][0], data["methods"][n]["accuracy"]["ci95"][1] - v]
+                for n, v in zip(names, values)
+            ]
+        ).T
         ax.bar(np.arange(len(names)) + j * width, values, width, yerr=errs, label=file, capsize=2)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(np.arange(len(names)) + width * (len(pairwise) - 1) / 2, names, rotation=60, ha="right", fontsize=7)

@@ -54,7 +54,7 @@ BASELINES = [MethodSpec("length (longer wins)"), MethodSpec("random"), MethodSpe
 
 
 def _read(result: dict | None, how: str) -> float | None:
-    if result is None or result.get("reward") is None and how == "reward":
+    if result is None or (result.get("reward") is None and how == "reward"):
         return None
     if how == "reward":
         return result["reward"]
@@ -75,7 +75,10 @@ class Evaluator:
     # --- scoring one list of (instruction, response, context) items with one method
 
     async def _service(self, items: list[dict], options: dict[str, Any], label: str) -> list[dict | None]:
-        key = (tuple(sorted(options.items())), tuple((i.get("prompt"), str(i.get("messages")), i["response"]) for i in items))
+        key = (
+            tuple(sorted(options.items())),
+            tuple((i.get("prompt"), str(i.get("messages")), i["response"]) for i in items),
+        )
         if key not in self._cache:
             results: list[dict | None] = []
             chunk = 64
@@ -151,8 +154,10 @@ class Evaluator:
             for low, high, name in LENGTH_BUCKETS:
                 picked = [o for o, n in zip(outcomes, lengths) if low <= n < high]
                 entry["by_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
-            groups = {"chosen longer": [o for o, d in zip(outcomes, longer) if d > 0],
-                      "chosen shorter": [o for o, d in zip(outcomes, longer) if d < 0]}
+            groups = {
+                "chosen longer": [o for o, d in zip(outcomes, longer) if d > 0],
+                "chosen shorter": [o for o, d in zip(outcomes, longer) if d < 0],
+            }
             for name, picked in groups.items():
                 entry["by_relative_length"][name] = metrics.bootstrap_mean(picked, seed=self.seed).as_dict()
             entry["length_balanced"] = metrics.length_balanced_accuracy(
@@ -173,8 +178,9 @@ class Evaluator:
         other = [{"prompt": rows[(k + 1) % n]["instruction"], "response": r["response"]} for k, r in enumerate(rows)]
         probe_sets = [probes(r["instruction"], r["response"], seed=self.seed + k) for k, r in enumerate(rows)]
         probe_names = list(probe_sets[0])
-        probe_items = [{"prompt": r["instruction"], "response": p[name]} for r, p in zip(rows, probe_sets)
-                       for name in probe_names]
+        probe_items = [
+            {"prompt": r["instruction"], "response": p[name]} for r, p in zip(rows, probe_sets) for name in probe_names
+        ]
         out: dict[str, Any] = {"kind": "reconstruction", "rows": n, "methods": {}}
         for spec in specs:
             scores = await self.scores(spec, matched + other + probe_items, dataset.name)
@@ -225,8 +231,9 @@ def _item(row: dict, response: str) -> dict:
     return {"prompt": row["prompt"], "response": text}
 
 
-async def run_files(client: AsyncFlipClient, datasets: list[Dataset], specs: list[MethodSpec],
-                    seed: int = 0, progress: bool = True) -> dict[str, Any]:
+async def run_files(
+    client: AsyncFlipClient, datasets: list[Dataset], specs: list[MethodSpec], seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
     evaluator = Evaluator(client, seed=seed, progress=progress)
     results = {}
     for dataset in datasets:
@@ -240,4 +247,3 @@ def default_files() -> list[Path]:
     shared = root.parent / "shared" / "eval"
     folder = shared if shared.is_dir() else root / "data" / "samples"
     return sorted(folder.glob("*.jsonl"))
-

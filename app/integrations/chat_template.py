@@ -22,17 +22,29 @@ from collections.abc import Iterable
 
 Messages = list[dict[str, str]]
 
-_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "model": "assistant",
-          "gpt": "assistant"}
+_ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "model": "assistant",
+    "gpt": "assistant",
+}
 
 # (marker that identifies the template, one turn: role and content)
 _TURN_TEMPLATES: list[tuple[str, re.Pattern]] = [
     ("<|im_start|>", re.compile(r"<\|im_start\|>([A-Za-z_]+)\n?(.*?)(?=<\|im_end\|>|<\|im_start\|>|\Z)", re.S)),
-    ("<|start_header_id|>", re.compile(
-        r"<\|start_header_id\|>([A-Za-z_]+)<\|end_header_id\|>(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|\Z)", re.S)),
+    (
+        "<|start_header_id|>",
+        re.compile(
+            r"<\|start_header_id\|>([A-Za-z_]+)<\|end_header_id\|>(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|\Z)", re.S
+        ),
+    ),
     ("<start_of_turn>", re.compile(r"<start_of_turn>([A-Za-z_]+)\n?(.*?)(?=<end_of_turn>|<start_of_turn>|\Z)", re.S)),
-    ("<|user|>", re.compile(
-        r"<\|(system|user|assistant)\|>(.*?)(?=<\|end\|>|</s>|<\|(?:system|user|assistant)\|>|\Z)", re.S)),
+    (
+        "<|user|>",
+        re.compile(r"<\|(system|user|assistant)\|>(.*?)(?=<\|end\|>|</s>|<\|(?:system|user|assistant)\|>|\Z)", re.S),
+    ),
 ]
 _INST = re.compile(r"\[INST\](.*?)\[/INST\](.*?)(?=\[INST\]|<s>\s*\[INST\]|\Z)", re.S)
 _LLAMA2_SYSTEM = re.compile(r"<<SYS>>(.*?)<</SYS>>", re.S)
@@ -45,9 +57,24 @@ _HEADERS = re.compile(
     r"|<<SYS>>|<</SYS>>"
 )
 # Single special tokens of the common templates, plus the generic shapes <|...|> and <｜...｜>.
-_COMMON_TOKENS = ("</s>", "<s>", "<pad>", "<eos>", "<bos>", "<unk>", "<end_of_turn>", "<start_of_turn>",
-                  "[INST]", "[/INST]", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>",
-                  "<|begin_of_text|>", "<|end|>")
+_COMMON_TOKENS = (
+    "</s>",
+    "<s>",
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<end_of_turn>",
+    "<start_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|begin_of_text|>",
+    "<|end|>",
+)
 _GENERIC_TOKENS = re.compile(r"<\|[A-Za-z0-9_.:-]{1,48}\|>|<｜[^｜\s]{1,48}｜>")
 
 
@@ -99,8 +126,9 @@ def instruction_messages(prompt: str | Messages, extra_tokens: Iterable[str] = (
             plain = strip_special_tokens(prompt, extra_tokens)
             return [{"role": "user", "content": plain}] if plain else None
     else:
-        messages = [{"role": _ROLES.get(str(m.get("role", "")).lower(), ""), "content": message_text(m)}
-                    for m in prompt]
+        messages = [
+            {"role": _ROLES.get(str(m.get("role", "")).lower(), ""), "content": message_text(m)} for m in prompt
+        ]
         messages = [m for m in messages if m["role"]]
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user" and m["content"].strip()), default=None)
     if last_user is None:
@@ -128,10 +156,10 @@ def response_from_query(query: str, prompt: str | None, extra_tokens: Iterable[s
     """
     if prompt:
         if query.startswith(prompt):
-            return strip_special_tokens(query[len(prompt):], extra_tokens)
+            return strip_special_tokens(query[len(prompt) :], extra_tokens)
         at = query.find(prompt)
         if at >= 0:
-            return strip_special_tokens(query[at + len(prompt):], extra_tokens)
+            return strip_special_tokens(query[at + len(prompt) :], extra_tokens)
     turns = parse_chat(query)
     if turns:
         if turns[-1]["role"] == "assistant":
@@ -140,5 +168,5 @@ def response_from_query(query: str, prompt: str | None, extra_tokens: Iterable[s
     if prompt:
         bare_query, bare_prompt = strip_special_tokens(query, extra_tokens), strip_special_tokens(prompt, extra_tokens)
         if bare_prompt and bare_query.startswith(bare_prompt):
-            return bare_query[len(bare_prompt):].strip()
+            return bare_query[len(bare_prompt) :].strip()
     return None

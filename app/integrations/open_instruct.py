@@ -54,6 +54,7 @@ except ImportError:  # open-instruct absent (or its GPU stack): same shapes, for
         def __init__(self, name: str, weight: float = 1.0, verifier_config: Any = None) -> None:
             self.name, self.weight, self.verifier_config = name, weight, verifier_config
 
+
 DEFAULT_URL_ENV = "FLIP_REWARD_URL"
 _ROLES = ("system", "user", "assistant", "tool")
 _TURN = re.compile(rf"^({'|'.join(_ROLES)}): ?", re.MULTILINE)
@@ -68,7 +69,7 @@ def parse_query(query: str) -> list[dict[str, str]]:
     if query[: marks[0].start()].strip():
         messages.append({"role": "user", "content": query[: marks[0].start()].strip()})
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
-        content = query[mark.end(): following.start() if following else len(query)].strip()
+        content = query[mark.end() : following.start() if following else len(query)].strip()
         messages.append({"role": mark.group(1), "content": content})
     return messages
 
@@ -119,15 +120,27 @@ class FlipVerifier(VerifierFunction):
         assert score is not None
         return VerificationResult(score=score, reasoning=(result or {}).get("unscorable"))
 
-    def __call__(self, tokenized_prediction: list[int], prediction: str, label: Any, query: str | None = None,
-                 rollout_state: dict | None = None) -> VerificationResult:
+    def __call__(
+        self,
+        tokenized_prediction: list[int],
+        prediction: str,
+        label: Any,
+        query: str | None = None,
+        rollout_state: dict | None = None,
+    ) -> VerificationResult:
         if self._sync is None:
             self._sync = FlipClient(self._urls, timeout=self._timeout)
         (result,) = self._sync.score([flip_item(prediction, label, query)])
         return self._verification(result)
 
-    async def async_call(self, tokenized_prediction: list[int], prediction: str, label: Any,
-                         query: str | None = None, rollout_state: dict | None = None) -> VerificationResult:
+    async def async_call(
+        self,
+        tokenized_prediction: list[int],
+        prediction: str,
+        label: Any,
+        query: str | None = None,
+        rollout_state: dict | None = None,
+    ) -> VerificationResult:
         if self._async is None:
             self._async = AsyncFlipClient(self._urls, timeout=self._timeout)
         async with _LIMIT.gate():

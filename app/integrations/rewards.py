@@ -32,8 +32,9 @@ def reward_of(result: dict | None, on_failure: str = "raise") -> float | None:
     if result.get("reward") is None:
         if on_failure == "none":
             return None
-        raise FlipItemError(f"flip-reward could not score a sample ({result.get('code')}): {result.get('error')}",
-                            result.get("code"))
+        raise FlipItemError(
+            f"flip-reward could not score a sample ({result.get('code')}): {result.get('error')}", result.get("code")
+        )
     return float(result["reward"])
 
 
@@ -46,7 +47,8 @@ class LoopLimit:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     def gate(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

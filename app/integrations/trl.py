@@ -63,9 +63,15 @@ def _client(urls: tuple[str, ...], options: tuple[tuple[str, Any], ...]) -> Asyn
     return AsyncFlipClient(list(urls), **dict(options))
 
 
-async def flip_reward(prompts: list, completions: list, *, flip_base_url: str | list[str] | None = None,
-                      flip_similarity: str | None = None, flip_options: tuple[tuple[str, Any], ...] = (),
-                      **kwargs: Any) -> list[float | None]:
+async def flip_reward(
+    prompts: list,
+    completions: list,
+    *,
+    flip_base_url: str | list[str] | None = None,
+    flip_similarity: str | None = None,
+    flip_options: tuple[tuple[str, Any], ...] = (),
+    **kwargs: Any,
+) -> list[float | None]:
     """TRL reward function: one reward per completion."""
     urls = as_urls(flip_base_url, os.environ.get(DEFAULT_URL_ENV, "http://127.0.0.1:8000"))
     options = dict(flip_options)
@@ -81,7 +87,10 @@ async def flip_reward(prompts: list, completions: list, *, flip_base_url: str | 
 
 
 def make_reward_func(
-    base_url: str | list[str] | None = None, *, similarity: str | None = None, name: str = "flip_reward",
+    base_url: str | list[str] | None = None,
+    *,
+    similarity: str | None = None,
+    name: str = "flip_reward",
     **client_kwargs: Any,
 ) -> functools.partial:
     """`flip_reward` bound to a service: `base_url` defaults to $FLIP_REWARD_URL or
@@ -89,7 +98,8 @@ def make_reward_func(
     chunk_size, max_concurrency, on_failure). A functools.partial, so it pickles; TRL names the
     reward after the function (flip_reward) whatever `name` says, unless several are in use."""
     urls = list(as_urls(base_url, os.environ.get(DEFAULT_URL_ENV, "http://127.0.0.1:8000")))
-    func = functools.partial(flip_reward, flip_base_url=urls, flip_similarity=similarity,
-                             flip_options=tuple(sorted(client_kwargs.items())))
+    func = functools.partial(
+        flip_reward, flip_base_url=urls, flip_similarity=similarity, flip_options=tuple(sorted(client_kwargs.items()))
+    )
     func.__name__ = name  # type: ignore[attr-defined]  # for code that reads __name__ directly
     return func

@@ -118,22 +118,25 @@ def _result(result: dict | None, on_failure: str) -> VerlScore:
     return VerlScore(score=score, **logs)
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                  **kwargs: Any) -> VerlScore:
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
+) -> VerlScore:
     """veRL reward function (sync: the naive, dapo and prime managers)."""
     item = _item(solution_str, ground_truth, extra_info)
     (result,) = _sync_client(_client_key(kwargs)).score([item])
     return _result(result, kwargs.get("on_failure") or "raise")
 
 
-def compute_score_float(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                        **kwargs: Any) -> float | None:
+def compute_score_float(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
+) -> float | None:
     """The score alone, for managers that want a float."""
     return compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)["score"]
 
 
-async def compute_score_async(data_source: str, solution_str: str, ground_truth: Any,
-                              extra_info: dict | None = None, **kwargs: Any) -> VerlScore:
+async def compute_score_async(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
+) -> VerlScore:
     """veRL reward function (async; veRL's reward loop awaits one per sample)."""
     item = _item(solution_str, ground_truth, extra_info)
     limit = int(kwargs.get("max_concurrency") or _LIMIT.limit)
@@ -144,8 +147,13 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
     return _result(result, kwargs.get("on_failure") or "raise")
 
 
-def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
-                        extra_infos: Sequence[dict | None] | None = None, **kwargs: Any) -> list[VerlScore]:
+def compute_score_batch(
+    data_sources: Sequence[str],
+    solution_strs: Sequence[str],
+    ground_truths: Sequence[Any],
+    extra_infos: Sequence[dict | None] | None = None,
+    **kwargs: Any,
+) -> list[VerlScore]:
     """veRL's `batch` reward manager: the whole batch in one (chunked) /batch_reward call."""
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     items = [_item(s, g, e) for s, g, e in zip(solution_strs, ground_truths, infos, strict=True)]
@@ -156,7 +164,7 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
 if __name__ != "app.integrations.verl":
     # veRL loaded this file by path under a made-up module name that no worker process can import,
     # so these functions would not pickle (prime's process pool). Use the importable module's.
-    from app.integrations import verl as _importable  # noqa: PLW0406  (the importable copy of this file)
+    from app.integrations import verl as _importable
 
     compute_score, compute_score_float = _importable.compute_score, _importable.compute_score_float
     compute_score_async, compute_score_batch = _importable.compute_score_async, _importable.compute_score_batch

@@ -66,8 +66,16 @@ class PromptFitter:
             prompt = build(response, context)
             ids, text, offsets = self.render_with_offsets(prompt)
             if len(ids) <= budget:
-                return Fitted(ids, prompt.answer_prefix, response, context, truncated, stop=prompt.stop,
-                              text=text, offsets=offsets)
+                return Fitted(
+                    ids,
+                    prompt.answer_prefix,
+                    response,
+                    context,
+                    truncated,
+                    stop=prompt.stop,
+                    text=text,
+                    offsets=offsets,
+                )
             truncated = True
             if context:
                 context.pop(0)
@@ -76,6 +84,7 @@ class PromptFitter:
             keep = len(response_ids) - (len(ids) - budget) - _FIT_MARGIN
             if keep <= 0:
                 return Fitted(
-                    error="the prompt does not fit the model's context even without the response", code="context_overflow"
+                    error="the prompt does not fit the model's context even without the response",
+                    code="context_overflow",
                 )
             response = self.tokenizer.decode(response_ids[:keep])

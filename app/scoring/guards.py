@@ -21,21 +21,24 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 # English function words, skipped when matching runs of content words: dropping or swapping them does
 # not hide a copy. Written for this project (no dependency for one list); lower case, as _words yields.
-STOP_WORDS = frozenset("""
-a about above across after afterwards again against all almost alone along already also although always am
-among amongst an and another any anyhow anyone anything anyway anywhere are around as at back be because been
-before behind being below beside besides between beyond both but by can cannot could did do does doing down
-during each either else enough etc even ever every everyone everything everywhere except few for from further
-had has have having he hence her here hers herself him himself his how however i if in indeed into is it its
-itself least less many may me meanwhile might mine more moreover most mostly much must my myself namely
-neither never nevertheless next no nobody none nor not nothing now nowhere of off often on once only onto or
-other others otherwise our ours ourselves out over own per perhaps please rather re same several shall she
-should since so some somehow someone something sometime sometimes somewhere still such than that the their
-theirs them themselves then there therefore these they this those though through throughout thus to together
-too toward towards under until up upon us very via was we well were what whatever when whenever where whereas
-wherever whether which while who whoever whole whom whose why will with within without would yet you your
-yours yourself yourselves
-""".split())
+STOP_WORDS = frozenset(
+    """
+    a about above across after afterwards again against all almost alone along already also although
+    always am among amongst an and another any anyhow anyone anything anyway anywhere are around as
+    at back be because been before behind being below beside besides between beyond both but by can
+    cannot could did do does doing down during each either else enough etc even ever every everyone
+    everything everywhere except few for from further had has have having he hence her here hers
+    herself him himself his how however i if in indeed into is it its itself least less many may me
+    meanwhile might mine more moreover most mostly much must my myself namely neither never
+    nevertheless next no nobody none nor not nothing now nowhere of off often on once only onto or
+    other others otherwise our ours ourselves out over own per perhaps please rather re same several
+    shall she should since so some somehow someone something sometime sometimes somewhere still such
+    than that the their theirs them themselves then there therefore these they this those though
+    through throughout thus to together too toward towards under until up upon us very via was we
+    well were what whatever when whenever where whereas wherever whether which while who whoever
+    whole whom whose why will with within without would yet you your yours yourself yourselves
+    """.split()
+)
 
 
 def _words(text: str) -> list[tuple[str, int, int]]:
@@ -53,8 +56,11 @@ def _runs(inst: list[tuple[str, int, int]], resp: list[tuple[str, int, int]], n:
     if n == 0 or len(resp) < n:
         return []
     grams = {tuple(w for w, _, _ in inst[i : i + n]) for i in range(len(inst) - n + 1)}
-    return [(resp[i][1], resp[i + n - 1][2]) for i in range(len(resp) - n + 1)
-            if tuple(w for w, _, _ in resp[i : i + n]) in grams]
+    return [
+        (resp[i][1], resp[i + n - 1][2])
+        for i in range(len(resp) - n + 1)
+        if tuple(w for w, _, _ in resp[i : i + n]) in grams
+    ]
 
 
 def copied_spans(instruction: str, response: str, min_words: int = 3) -> list[tuple[int, int]]:
@@ -111,8 +117,10 @@ def instruction_word_share(instruction: str, response: str) -> float:
 def is_stuffing_candidate(instruction: str, response: str) -> bool:
     """The text half of the test: long enough and (nearly) only instruction words. Only such a
     response needs its fluency, which costs logprobs over all of its tokens."""
-    return (len(_words(response)) >= STUFFING_MIN_WORDS
-            and instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE)
+    return (
+        len(_words(response)) >= STUFFING_MIN_WORDS
+        and instruction_word_share(instruction, response) >= STUFFING_WORD_SHARE
+    )
 
 
 def is_keyword_stuffing(instruction: str, response: str, fluency: float | None) -> bool:

@@ -32,8 +32,9 @@ def _has_words(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
-def unscorable_reason(response: str, strip_reasoning: bool, after_guard: str | None = None,
-                      copied: float = 0.0) -> UnscorableReason | None:
+def unscorable_reason(
+    response: str, strip_reasoning: bool, after_guard: str | None = None, copied: float = 0.0
+) -> UnscorableReason | None:
     """Why `response` cannot earn a reward, or None when it can be scored. `after_guard` is the
     response with the copy guard's deletions (None: the guard is off)."""
     if not response.strip():

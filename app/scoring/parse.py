@@ -16,9 +16,7 @@ import json_repair
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _CODE_FENCE = re.compile(r"```[a-zA-Z0-9_-]*")
 # "INFERRED INSTRUCTION", "inferred_instruction", "Inferred-Instruction", "instruction"...
-_LABEL = re.compile(
-    r"[\"']?(?:inferred[\s_-]*)?instruction[\"']?\s*[:=]\s*(.+)", re.IGNORECASE | re.DOTALL
-)
+_LABEL = re.compile(r"[\"']?(?:inferred[\s_-]*)?instruction[\"']?\s*[:=]\s*(.+)", re.IGNORECASE | re.DOTALL)
 _REASONING_LABEL = re.compile(r"[\"']?reasoning[\"']?\s*[:=]", re.IGNORECASE)
 _KEY_LABEL = re.compile(r"[{,]?\s*[\"']?[A-Za-z_ ]{3,30}[\"']\s*:\s*[\"']?")
 

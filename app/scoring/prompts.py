@@ -34,9 +34,7 @@ _SYSTEM_DIRECT = (
     "Reply with the instruction only."
 )
 
-_ASK_PAPER = (
-    'Answer in JSON with exactly two keys: "REASONING" (brief) and "INFERRED INSTRUCTION".'
-)
+_ASK_PAPER = 'Answer in JSON with exactly two keys: "REASONING" (brief) and "INFERRED INSTRUCTION".'
 _ASK_DIRECT = "What instruction did the user give?"
 
 
@@ -80,7 +78,7 @@ def build_reconstruction_prompt(
     messages = [{"role": "system", "content": system}]
     if mode == "fewshot":
         for example, instruction in _EXAMPLES:
-            messages.append({"role": "user", "content": f"Response:\n\"\"\"\n{example}\n\"\"\"\n\n{ask}"})
+            messages.append({"role": "user", "content": f'Response:\n"""\n{example}\n"""\n\n{ask}'})
             messages.append({"role": "assistant", "content": instruction})
     parts = []
     if context:
@@ -90,7 +88,7 @@ def build_reconstruction_prompt(
             "The user then sent one more message, and the assistant answered it with the response below. "
             "Infer that last user message."
         )
-    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append(f'Response:\n"""\n{response}\n"""')
     parts.append(ask)
     messages.append({"role": "user", "content": "\n\n".join(parts)})
     if mode == "paper":
@@ -129,7 +127,7 @@ def build_likelihood_prompt(response: str, context: list[dict[str, str]] | None 
     parts = []
     if context:
         parts.append(f"Earlier conversation, for context only:\n{_render_context(context)}")
-    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append(f'Response:\n"""\n{response}\n"""')
     parts.append("What was the instruction?")
     messages = [
         {"role": "system", "content": _SYSTEM_LIKELIHOOD},
@@ -150,8 +148,8 @@ def build_judge_prompt(instruction: str, response: str, context: list[dict[str, 
     parts = []
     if context:
         parts.append(f"Earlier conversation:\n{_render_context(context)}")
-    parts.append(f"Instruction:\n\"\"\"\n{instruction}\n\"\"\"")
-    parts.append(f"Response:\n\"\"\"\n{response}\n\"\"\"")
+    parts.append(f'Instruction:\n"""\n{instruction}\n"""')
+    parts.append(f'Response:\n"""\n{response}\n"""')
     parts.append("Rate the response from 1 (useless) to 10 (excellent). Reply with the number only.")
     messages = [{"role": "system", "content": _SYSTEM_JUDGE}, {"role": "user", "content": "\n\n".join(parts)}]
     return Prompt(messages=messages, answer_prefix="Rating: ")

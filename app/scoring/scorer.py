@@ -53,8 +53,9 @@ class Prepared(Protocol):
 class ScoringMethod(Protocol):
     def prepare(self, item: ScoreItem, options: ScoreOptions) -> Any: ...
 
-    async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[Any],
-                  options: ScoreOptions) -> list[ItemResult | BaseException]: ...
+    async def run(
+        self, engine: Engine, items: list[ScoreItem], prepared: list[Any], options: ScoreOptions
+    ) -> list[ItemResult | BaseException]: ...
 
 
 def apply_copy_guard(item: ScoreItem, fitter: PromptFitter, min_words: int) -> tuple[ScoreItem, float]:
@@ -65,8 +66,14 @@ def apply_copy_guard(item: ScoreItem, fitter: PromptFitter, min_words: int) -> t
 
 
 class Scorer:
-    def __init__(self, engine: Engine, embedder: Embedder | None, settings: Settings,
-                 split_prefill: bool | None = None, baseline_from_cache: bool | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        embedder: Embedder | None,
+        settings: Settings,
+        split_prefill: bool | None = None,
+        baseline_from_cache: bool | None = None,
+    ) -> None:
         self.engine = engine
         self.embedder = embedder
         self.settings = settings
@@ -89,7 +96,9 @@ class Scorer:
         to_score = [item for item, _ in guarded] if guard else items
         # Nothing to read (empty, only <think>, only copies): the floor reward, with the reason.
         floor = [
-            unscorable_reason(item.response, self.settings.strip_think, *((guarded[i][0].response, guarded[i][1]) if guard else ()))
+            unscorable_reason(
+                item.response, self.settings.strip_think, *((guarded[i][0].response, guarded[i][1]) if guard else ())
+            )
             for i, item in enumerate(items)
         ]
         todo = [i for i in range(len(items)) if floor[i] is None]
@@ -114,7 +123,8 @@ class Scorer:
         method = self.methods[options.method]
         prepared: list[Prepared] = await asyncio.to_thread(lambda: [method.prepare(item, options) for item in items])
         results = [
-            ItemResult(id=item.id, truncated=p.truncated, error=p.error, code=p.code) for item, p in zip(items, prepared)
+            ItemResult(id=item.id, truncated=p.truncated, error=p.error, code=p.code)
+            for item, p in zip(items, prepared)
         ]
         todo = [i for i, p in enumerate(prepared) if p.error is None]
         outputs = await method.run(self.engine, [items[i] for i in todo], [prepared[i] for i in todo], options)

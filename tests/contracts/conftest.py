@@ -45,13 +45,15 @@ class Live:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
-    settings = Settings(cache_dir=tmp_path_factory.mktemp("live"), max_tokens=32, method="likelihood",
-                        log_format="text")
+    settings = Settings(
+        cache_dir=tmp_path_factory.mktemp("live"), max_tokens=32, method="likelihood", log_format="text"
+    )
     engine = FakeEngine()
     service = FlipService(settings, engine_factory=lambda s: engine, embedder_factory=lambda s: HashEmbedder())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -59,8 +59,10 @@ async def openrlhf_fetch(url: str, query: str, prompt: str, label) -> dict:
     payload = {"query": [query], "prompts": [prompt], "labels": [label]}
     for _ in range(5):
         try:
-            async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as session,
-                        session.post(url, json=payload) as response):
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as session,
+                session.post(url, json=payload) as response,
+            ):
                 response.raise_for_status()
                 return await response.json()
         except aiohttp.ClientError:
@@ -102,7 +104,8 @@ def test_openrlhf_scores_a_grpo_group_including_empty_and_cut_think(live, expect
     assert len(keys) == 1, "every sample must log the same keys"
     assert {"flip_unscorable", "flip_guard", "flip_copied_fraction"} <= next(iter(keys))
     assert [e["info"]["flip_unscorable"].item() for e in experiences] == [
-        1.0 if i in UNSCORABLE else 0.0 for i in range(len(GROUP))]
+        1.0 if i in UNSCORABLE else 0.0 for i in range(len(GROUP))
+    ]
     assert [replies[i]["unscorable"][0] for i in UNSCORABLE] == list(UNSCORABLE.values())
 
 
@@ -157,8 +160,12 @@ def slime_nonzero_std(rewards: list[float]) -> bool:
 
 def test_slime_scores_a_grpo_group_including_empty_and_cut_think(live, expected):
     async def rollout():
-        return await asyncio.gather(*(slime_remote_rm(live.url + "/slime_reward", CHATML.format(INSTRUCTION),
-                                                      r + "<|im_end|>", None) for r in GROUP))
+        return await asyncio.gather(
+            *(
+                slime_remote_rm(live.url + "/slime_reward", CHATML.format(INSTRUCTION), r + "<|im_end|>", None)
+                for r in GROUP
+            )
+        )
 
     replies = run(rollout())
     raw, normalised = slime_post_process(replies, len(GROUP))
@@ -188,8 +195,13 @@ def verl_reward_loop(results: list[dict]) -> tuple[torch.Tensor, dict]:
 
 
 def verl_args(response: str, url: str) -> dict:
-    return {"data_source": "flip", "solution_str": response, "ground_truth": "",
-            "extra_info": {"instruction": INSTRUCTION}, "base_url": url}
+    return {
+        "data_source": "flip",
+        "solution_str": response,
+        "ground_truth": "",
+        "extra_info": {"instruction": INSTRUCTION},
+        "base_url": url,
+    }
 
 
 def test_verl_reward_loop_async_adapter(live, expected):
@@ -235,10 +247,13 @@ def test_verl_batch_manager(live, expected):
     ground_truths=, extra_infos=, **reward_kwargs); L100-110: dict scores, reward_extra_info lists."""
     from app.integrations.verl import compute_score_batch
 
-    scores = compute_score_batch(data_sources=np.array(["flip"] * len(GROUP), dtype=object), solution_strs=GROUP,
-                                 ground_truths=[""] * len(GROUP),
-                                 extra_infos=np.array([{"instruction": INSTRUCTION}] * len(GROUP), dtype=object),
-                                 base_url=live.url)
+    scores = compute_score_batch(
+        data_sources=np.array(["flip"] * len(GROUP), dtype=object),
+        solution_strs=GROUP,
+        ground_truths=[""] * len(GROUP),
+        extra_infos=np.array([{"instruction": INSTRUCTION}] * len(GROUP), dtype=object),
+        base_url=live.url,
+    )
     reward_extra_info = defaultdict(list)
     rewards = []
     for score in scores:
@@ -273,8 +288,16 @@ def test_verl_prime_manager_loaded_by_file_path_pickles_and_gets_floats(live, ex
 
 def _prime_pool(evaluation_func, context) -> list[float]:
     with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
-        results = list(pool.map(_prime_worker_result, [evaluation_func] * len(GROUP), ["flip"] * len(GROUP), GROUP,
-                                [""] * len(GROUP), [{"instruction": INSTRUCTION}] * len(GROUP)))
+        results = list(
+            pool.map(
+                _prime_worker_result,
+                [evaluation_func] * len(GROUP),
+                ["flip"] * len(GROUP),
+                GROUP,
+                [""] * len(GROUP),
+                [{"instruction": INSTRUCTION}] * len(GROUP),
+            )
+        )
     return [float(r) if isinstance(r, (int, float, bool)) else float(r[0]) for r in results]
 
 
@@ -296,9 +319,14 @@ def test_trl_reward_function_is_picklable_and_async_as_trl_reads_it(live, expect
         restored = pickle.loads(pickle.dumps(func))
         assert is_async_callable(restored) and get_callable_name(restored) == "flip_reward"
     metrics: dict[str, list[float]] = defaultdict(list)
-    got = run(make_reward_func(live.url)(prompts=[INSTRUCTION] * len(GROUP), completions=GROUP,
-                                         completion_ids=[[1]] * len(GROUP),
-                                         log_metric=lambda name, value: metrics[name].append(value)))
+    got = run(
+        make_reward_func(live.url)(
+            prompts=[INSTRUCTION] * len(GROUP),
+            completions=GROUP,
+            completion_ids=[[1]] * len(GROUP),
+            log_metric=lambda name, value: metrics[name].append(value),
+        )
+    )
     assert_group(got, expected)
     assert metrics["flip_unscorable"] == [pytest.approx(len(UNSCORABLE) / len(GROUP))]
 
@@ -317,8 +345,9 @@ def test_open_instruct_verifier_on_its_role_content_query(live, expected):
     query = "\n".join(f"{m['role']}: {m['content']}" for m in [{"role": "user", "content": INSTRUCTION}])
 
     async def step():
-        return await asyncio.gather(*(verifier.async_call(tokenized_prediction=[1], prediction=r, label="",
-                                                          query=query) for r in GROUP))
+        return await asyncio.gather(
+            *(verifier.async_call(tokenized_prediction=[1], prediction=r, label="", query=query) for r in GROUP)
+        )
 
     results = run(step())
     weighted = [10.0 * r.score * verifier.weight for r in results]

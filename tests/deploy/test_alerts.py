@@ -23,8 +23,10 @@ def _rules() -> list[dict]:
 def test_prometheus_loads_the_alert_rules():
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     # mounted under /etc/prometheus/ next to prometheus.yml (docker-compose.yml)
-    assert any(fnmatch.fnmatch(f"/etc/prometheus/{ALERTS.name}", pattern) or pattern == ALERTS.name
-               for pattern in config["rule_files"])
+    assert any(
+        fnmatch.fnmatch(f"/etc/prometheus/{ALERTS.name}", pattern) or pattern == ALERTS.name
+        for pattern in config["rule_files"]
+    )
 
 
 def test_alert_rules_use_exported_metrics_and_defined_recording_rules():
@@ -43,8 +45,12 @@ def test_alert_rules_use_exported_metrics_and_defined_recording_rules():
 def test_dashboard_has_the_guard_panels():
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/flip-reward.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
-    for metric in ("flip_guard_triggers_total", "flip_unscorable_total", "flip_copied_fraction_bucket",
-                   "flip_reward_bucket"):
+    for metric in (
+        "flip_guard_triggers_total",
+        "flip_unscorable_total",
+        "flip_copied_fraction_bucket",
+        "flip_reward_bucket",
+    ):
         assert metric in exprs
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     assert "reward hacking" in titles and "guard triggers" in titles

@@ -112,12 +112,16 @@ def test_dependencies_install_before_the_code_is_copied(dockerfile):
     steps = instructions(dockerfile)
     deps = next(i for i, (kind, a) in enumerate(steps) if kind == "RUN" and "-c constraints/" in a and "pip" in a)
     copied_before = [a for kind, a in steps[:deps] if kind == "COPY"]
-    assert copied_before and all(re.match(r"(pyproject\.toml|constraints/\S+) ", a) for a in copied_before), \
+    assert copied_before and all(re.match(r"(pyproject\.toml|constraints/\S+) ", a) for a in copied_before), (
         copied_before
+    )
     code = next(i for i, (kind, a) in enumerate(steps) if kind == "COPY" and a.startswith("app "))
     assert code > deps
-    heavy = [i for i, (kind, a) in enumerate(steps) if kind == "RUN"
-             and any("pip install" in cmd and "--no-deps" not in cmd for cmd in a.split("&&"))]
+    heavy = [
+        i
+        for i, (kind, a) in enumerate(steps)
+        if kind == "RUN" and any("pip install" in cmd and "--no-deps" not in cmd for cmd in a.split("&&"))
+    ]
     assert max(heavy) < code, "a dependency install after the code copy is redone on every edit"
     for kind, a in steps:
         if kind == "RUN" and "pip install" in a:
@@ -166,24 +170,34 @@ def rendered(request) -> tuple[str, list[dict]]:
 def with_every_component(tmp_path_factory) -> list[dict]:
     """The base with every optional component, as a user's overlay would combine them."""
     overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "base", overlay)],
-        "components": [os.path.relpath(K8S / "components" / c, overlay) for c in COMPONENTS]}))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "base", overlay)],
+                "components": [os.path.relpath(K8S / "components" / c, overlay) for c in COMPONENTS],
+            }
+        )
+    )
     return render(overlay)
 
 
 def by_kind(docs: list[dict], kind: str) -> dict:
     """The service's own `kind` (the fleet overlay's vLLM resources, labelled vllm, are checked in
     tests/deploy/test_fleet_overlay.py)."""
-    (doc,) = [d for d in docs if d["kind"] == kind
-              and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "vllm"]
+    (doc,) = [
+        d for d in docs if d["kind"] == kind and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "vllm"
+    ]
     return doc
 
 
 def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
-    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
-            for d in docs if d["kind"] in {"Deployment", "Job", "StatefulSet", "DaemonSet"}]
+    return [
+        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+        for d in docs
+        if d["kind"] in {"Deployment", "Job", "StatefulSet", "DaemonSet"}
+    ]
 
 
 def test_overlays_and_components_are_found():
@@ -194,8 +208,15 @@ def test_overlays_and_components_are_found():
 def test_overlay_renders_the_service(rendered):
     _, docs = rendered
     kinds = {d["kind"] for d in docs}
-    assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
-            "NetworkPolicy"} <= kinds
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"flip-reward"}
 
 
@@ -265,8 +286,12 @@ def test_replicas_belong_to_the_hpa_when_there_is_one(rendered):
     least, so that the PodDisruptionBudget's one allowed disruption leaves one serving."""
     _, docs = rendered
     deployment = by_kind(docs, "Deployment")
-    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
-            and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "vllm"]
+    hpas = [
+        d
+        for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+        and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "vllm"
+    ]
     pdb = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     if hpas:
@@ -318,8 +343,11 @@ def test_api_keys_come_from_a_mounted_secret_file(rendered):
     env_names = {e["name"] for e in container.get("env", [])}
     assert "FLIP_API_KEYS" not in config and "FLIP_API_KEYS" not in env_names
     assert not any("secretRef" in e for e in container.get("envFrom", []))
-    tracked = [line for line in (K8S / "base" / "api-keys").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    tracked = [
+        line
+        for line in (K8S / "base" / "api-keys").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert tracked == []
 
 
@@ -366,8 +394,10 @@ def test_gpu_overlay_serves_a_model_prepared_once_on_a_shared_volume():
     assert set(pvc["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}
     pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
     models = next(v for v in pod["volumes"] if v["name"] == "models")
-    assert models == {"name": "models", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"],
-                                                                  "readOnly": True}}
+    assert models == {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"], "readOnly": True},
+    }
     (wait,) = pod["initContainers"]
     assert f"{model}/config.json" in " ".join(wait["command"])
     job_volume = next(v for v in job["volumes"] if v["name"] == "models")
@@ -473,7 +503,8 @@ def test_compose_services():
     assert {k for s in (gpu, cpu) for k in s["environment"] if k.startswith("FLIP_")} <= known
     # `docker compose --profile cpu up` must not also start the GPU service from a default profile.
     assert "COMPOSE_PROFILES=" not in "".join(
-        line for line in (ROOT / ".env").read_text().splitlines() if not line.startswith("#"))
+        line for line in (ROOT / ".env").read_text().splitlines() if not line.startswith("#")
+    )
 
 
 def test_compose_publishes_on_loopback_unless_told_otherwise():

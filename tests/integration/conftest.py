@@ -130,11 +130,31 @@ def start_vllm_serve(tmp_dir: Path, extra_args: list[str] = ()) -> VllmServer:
     port = free_port()
     log_path = tmp_dir / f"vllm-serve-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", BUILTIN_LLM_NAME, "--enforce-eager", "--max-model-len", "2048",
-         "--dtype", "float32", "--block-size", "32", "--enable-scale-out", "--enable-prompt-tokens-details",
-         "--host", "127.0.0.1", "--port", str(port), *extra_args],
-        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            BUILTIN_LLM_NAME,
+            "--enforce-eager",
+            "--max-model-len",
+            "2048",
+            "--dtype",
+            "float32",
+            "--block-size",
+            "32",
+            "--enable-scale-out",
+            "--enable-prompt-tokens-details",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra_args,
+        ],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"},
     )
     return VllmServer(f"http://127.0.0.1:{port}", process, log_path)
@@ -145,7 +165,9 @@ def wait_vllm_serve(server: VllmServer, api_key: str | None = None) -> None:
     deadline = time.monotonic() + VLLM_START_TIMEOUT_S
     while True:
         if server.process.poll() is not None:
-            raise RuntimeError(f"vllm serve exited ({server.process.returncode}):\n{server.log_path.read_text()[-4000:]}")
+            raise RuntimeError(
+                f"vllm serve exited ({server.process.returncode}):\n{server.log_path.read_text()[-4000:]}"
+            )
         try:
             if httpx.get(server.url + "/v1/models", headers=headers, timeout=5).status_code == 200:
                 return

@@ -18,18 +18,42 @@ def test_eval_cli_on_20_rows(server, tmp_path):
     out = tmp_path / "eval"
     pairs, recon = tmp_path / "pairs.jsonl", tmp_path / "recon.jsonl"
     pairs.write_text("".join((SAMPLES / "autoj_pairwise_64.jsonl").read_text().splitlines(keepends=True)[:20]))
-    recon.write_text("".join((SAMPLES / "selfinstruct_reconstruction_64.jsonl").read_text().splitlines(keepends=True)[:8]))
+    recon.write_text(
+        "".join((SAMPLES / "selfinstruct_reconstruction_64.jsonl").read_text().splitlines(keepends=True)[:8])
+    )
     command = [
-        sys.executable, "-m", "app.cli", "eval", str(pairs), str(recon),
-        "--url", server.url, "--modes", "direct", "--out", str(out), "--quiet",
-        "--methods", "default", "generate-direct-hybrid", "judge", "length", "random", "relevance",
+        sys.executable,
+        "-m",
+        "app.cli",
+        "eval",
+        str(pairs),
+        str(recon),
+        "--url",
+        server.url,
+        "--modes",
+        "direct",
+        "--out",
+        str(out),
+        "--quiet",
+        "--methods",
+        "default",
+        "generate-direct-hybrid",
+        "judge",
+        "length",
+        "random",
+        "relevance",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     pairs = results["pairs"]["methods"]
-    for name in ("likelihood (default)", "generate-direct-hybrid", "llm-judge (1-10)", "length (longer wins)",
-                 "relevance (no LM)"):
+    for name in (
+        "likelihood (default)",
+        "generate-direct-hybrid",
+        "llm-judge (1-10)",
+        "length (longer wins)",
+        "relevance (no LM)",
+    ):
         accuracy = pairs[name]["accuracy"]
         assert accuracy["n"] == 20 and 0.0 <= accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1] <= 1.0
     # 14 of the 20 pairs favour the longer answer, 6 the shorter: balanced, "longer wins" is 0.5

@@ -30,11 +30,16 @@ EXIT_GRACE_S = 1.0
 FAIL_FAST_BOUND_S = 5.0  # engine killed -> every in-flight request has its 503
 EXIT_BOUND_S = 60.0  # engine failure noticed -> the process has exited
 FAULT_ARGS = [
-    "--cpu-kv-cache-gib", "1",
-    "--body-timeout-s", str(BODY_TIMEOUT_S),
-    "--exit-grace-s", str(EXIT_GRACE_S),
-    "--watchdog-interval-s", "0.25",
-    "--engine-stall-s", str(STALL_S),
+    "--cpu-kv-cache-gib",
+    "1",
+    "--body-timeout-s",
+    str(BODY_TIMEOUT_S),
+    "--exit-grace-s",
+    str(EXIT_GRACE_S),
+    "--watchdog-interval-s",
+    "0.25",
+    "--engine-stall-s",
+    str(STALL_S),
 ]
 
 
@@ -238,11 +243,14 @@ def _fault_under_load(server: RunningServer, inflict) -> dict:
     # In flight: sent before the fault and not answered before it. Engine work that finished before
     # the kill can still reach its caller after it (the front end drains the outputs already sent):
     # such a 200 must carry the reward the same item got before the fault, never a made-up one.
-    unanswered = [r for r in load.records if r.sent_at < fault_at and (r.answered_at is None or r.answered_at >= fault_at)]
+    unanswered = [
+        r for r in load.records if r.sent_at < fault_at and (r.answered_at is None or r.answered_at >= fault_at)
+    ]
     before = {r.item: r.reward for r in load.records if r.status == 200 and r.answered_at < fault_at}
     late = [r for r in unanswered if r.status == 200]
-    assert all(r.reward == pytest.approx(before[r.item], abs=1e-5) for r in late if r.item in before), \
-        [(r.item, r.reward, before.get(r.item)) for r in late]
+    assert all(r.reward == pytest.approx(before[r.item], abs=1e-5) for r in late if r.item in before), [
+        (r.item, r.reward, before.get(r.item)) for r in late
+    ]
     in_flight = [r for r in unanswered if r.status != 200]
     first_503 = min((r.answered_at for r in load.records if r.status == 503), default=None)
     timeline = {

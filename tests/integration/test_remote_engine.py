@@ -36,7 +36,9 @@ def _fixed_set() -> list[dict]:
     """Three honest pairs, a restatement (the copy guard's case) and two keyword-stuffed answers."""
     honest = _pairs(3)
     made = [probes(item["prompt"], item["response"]) for item in honest[:2]]
-    stuffed = [{**item, "id": item["id"] + "-stuffed", "response": m["keyword_stuffing"]} for item, m in zip(honest, made)]
+    stuffed = [
+        {**item, "id": item["id"] + "-stuffed", "response": m["keyword_stuffing"]} for item, m in zip(honest, made)
+    ]
     restated = {**honest[0], "id": honest[0]["id"] + "-restate", "response": made[0]["restate"]}
     return honest + stuffed + [restated]
 
@@ -56,16 +58,20 @@ def remote_front(fleet, tmp_path_factory):
 def local_rewards(server) -> dict[str, list[dict]]:
     """The in-process service's answers on the fixed set, per method, one request at a time."""
     with server.client() as local:
-        return {method: [local.post("/reward", json={**item, "method": method, "details": True}).json()
-                         for item in _fixed_set()]
-                for method in ("likelihood", "generate", "judge")}
+        return {
+            method: [
+                local.post("/reward", json={**item, "method": method, "details": True}).json() for item in _fixed_set()
+            ]
+            for method in ("likelihood", "generate", "judge")
+        }
 
 
 @pytest.mark.parametrize("method", ["likelihood", "generate", "judge"])
 def test_remote_rewards_match_the_in_process_engine(local_rewards, remote_front, method):
     with remote_front.client() as remote:
-        theirs = [remote.post("/reward", json={**item, "method": method, "details": True}).json()
-                  for item in _fixed_set()]
+        theirs = [
+            remote.post("/reward", json={**item, "method": method, "details": True}).json() for item in _fixed_set()
+        ]
     for mine, their in zip(local_rewards[method], theirs):
         assert their["model"] == BUILTIN_LLM_NAME and their["error"] == mine["error"], mine["id"]
         assert mine["reward"] is not None and their["reward"] == pytest.approx(mine["reward"], abs=PARITY_ABS)
@@ -81,7 +87,8 @@ def test_remote_rewards_match_the_in_process_engine(local_rewards, remote_front,
         assert any(r["likelihood"]["keyword_stuffing"] for r in theirs if r["id"].endswith("-stuffed"))
         restated = next(r for r in theirs if r["id"].endswith("-restate"))
         assert restated["copied_fraction"] > 0.5 and by_id[restated["id"]]["reward"] == pytest.approx(
-            next(r for r in local_rewards[method] if r["id"] == restated["id"])["reward"], abs=PARITY_ABS)
+            next(r for r in local_rewards[method] if r["id"] == restated["id"])["reward"], abs=PARITY_ABS
+        )
 
 
 def _metric(text: str, name: str, url: str) -> float | None:
@@ -112,8 +119,9 @@ def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
     from app.engines.openai_remote import FleetMismatch, RemoteEngine
 
     other = resolve_embedding_model(None)  # a local model folder whose tokenizer is not SmolLM2's
-    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0,
-                        model=other)
+    settings = Settings(
+        engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0, model=other
+    )
     with pytest.raises(FleetMismatch, match=rf"{re.escape(other)}.*{BUILTIN_LLM_NAME}"):
         RemoteEngine.start(settings)
 
@@ -125,8 +133,10 @@ def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fle
 
     bert = AutoTokenizer.from_pretrained(resolve_embedding_model(None))
     bert.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    with (httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=30) as http,
-          pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently")):
+    with (
+        httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=30) as http,
+        pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently"),
+    ):
         check_tokenizer(http, fleet.urls[0], BUILTIN_LLM_NAME, bert, "all-MiniLM")
 
 
@@ -141,8 +151,9 @@ def test_the_fleets_api_key_is_needed_and_sent(fleet):
 
 def _running_on(url: str, api_key: str) -> float:
     text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:num_requests_running{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running{")
+    )
 
 
 async def test_cancelled_request_is_aborted_on_the_server(fleet):
@@ -185,8 +196,9 @@ async def test_watchdog_fails_a_fleet_that_stops_answering(fleet):
     from app.engines.openai_remote import RemoteEngine
     from app.engines.watchdog import watch
 
-    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0,
-                        remote_timeout_s=300)
+    settings = Settings(
+        engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0, remote_timeout_s=300
+    )
     engine = await asyncio.to_thread(RemoteEngine.start, settings)
     ids = engine.tokenizer.encode("Hello there.", add_special_tokens=False)
     for server in fleet.servers:
@@ -222,7 +234,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(fleet, tmp_path)
     def post(k: int) -> None:
         try:
             answers[k] = httpx.post(front.url + "/batch_reward", json={"items": items}, timeout=300)
-        except Exception as exc:  # noqa: BLE001  # recorded and asserted on below
+        except Exception as exc:  # recorded and asserted on below
             answers[k] = exc
 
     senders = [threading.Thread(target=post, args=(k,)) for k in range(2)]
@@ -271,7 +283,7 @@ def test_fleet_survives_a_server_dying_mid_batch(fleet, remote_front, local_rewa
     def post() -> None:
         try:
             answer["batch"] = httpx.post(remote_front.url + "/batch_reward", json={"items": items}, timeout=300)
-        except Exception as exc:  # noqa: BLE001  # asserted on below
+        except Exception as exc:  # asserted on below
             answer["batch"] = exc
 
     sender = threading.Thread(target=post)

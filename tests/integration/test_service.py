@@ -52,8 +52,9 @@ def test_likelihood_on_real_engine_and_restatement_guard(http):
     assert framed["copied_fraction"] > 0.5 and framed["reward"] is not None
     assert framed["likelihood"]["response_fluency"] is not None  # FLIP_LIKELIHOOD_PREFILL off: always read
     instruction = "Write a short poem about the autumn rain in the city"
-    stuffed = http.post("/reward", json={"prompt": instruction, "response": "city rain autumn poem short write " * 3,
-                                         "distractors": 0}).json()
+    stuffed = http.post(
+        "/reward", json={"prompt": instruction, "response": "city rain autumn poem short write " * 3, "distractors": 0}
+    ).json()
     assert stuffed["copied_fraction"] == 0.0 and stuffed["likelihood"]["response_fluency"] is not None
     assert stuffed["likelihood"]["response_fluency"] < 0.0
 

@@ -17,8 +17,9 @@ async def test_short_soak(server):
     # above its post-warm-up size (allocator and tensor caches for new shapes) and then stays flat
     # within a few MiB, while a leak keeps climbing. 24 late requests catch a gross leak only;
     # bench/soak.py's 400 requests catch smaller ones.
-    result = await run_soak(server.url, server.process.pid, clients=8, requests=48, warmup=24, max_seconds=420,
-                            max_late_rss_growth_mib=32)
+    result = await run_soak(
+        server.url, server.process.pid, clients=8, requests=48, warmup=24, max_seconds=420, max_late_rss_growth_mib=32
+    )
     print("\nsoak:", json.dumps(result))
     assert result["answered_exactly_once"], result
     assert result["requests_answered"] == result["requests_sent"] == 48

@@ -23,7 +23,9 @@ QUEUE_BOUND = 16
 
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("bounded"), ["--max-queued-items", str(QUEUE_BOUND), "--method", "generate"])
+    server = start_server(
+        tmp_path_factory.mktemp("bounded"), ["--max-queued-items", str(QUEUE_BOUND), "--method", "generate"]
+    )
     yield server
     stop_server(server)
 
@@ -71,7 +73,8 @@ def test_disconnected_client_has_its_engine_requests_aborted(bounded):
         sock = socket.create_connection((url.hostname, url.port))
         sock.sendall(
             b"POST /batch_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         assert _wait_for(lambda: _unfinished(client) > 0, 60), "the batch never reached the engine"
         sock.close()  # the client goes away mid-generation

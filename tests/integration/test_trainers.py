@@ -48,9 +48,16 @@ def single_reward(http, item):
 
 def trl_kwargs(prompts, completions, rows):
     """What GRPOTrainer._calculate_rewards passes: the dataset's other columns, trainer hooks."""
-    return dict(prompts=prompts, completions=completions, completion_ids=[[1, 2, 3]] * len(prompts),
-                id=[r["id"] for r in rows], source=[r["source"] for r in rows], trainer_state=None,
-                log_extra=lambda *a: None, log_metric=lambda *a: None)
+    return dict(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=[[1, 2, 3]] * len(prompts),
+        id=[r["id"] for r in rows],
+        source=[r["source"] for r in rows],
+        trainer_state=None,
+        log_extra=lambda *a: None,
+        log_metric=lambda *a: None,
+    )
 
 
 def test_trl_plain_form(server, http, rows):
@@ -64,13 +71,13 @@ def test_trl_plain_form(server, http, rows):
 
 def test_trl_conversational_form(server, http, rows):
     reward = make_reward_func(server.url)
-    prompts = [[{"role": "system", "content": "Be helpful."}, {"role": "user", "content": r["instruction"]}]
-               for r in rows]
+    prompts = [
+        [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": r["instruction"]}] for r in rows
+    ]
     completions = [[{"role": "assistant", "content": r["response"]}] for r in rows]
     completions[-1] = [{"role": "assistant", "content": ""}]  # an empty completion: the floor
     got = asyncio.run(reward(**trl_kwargs(prompts, completions, rows)))
-    expected = batch_rewards(http, [{"messages": p, "response": c[0]["content"]}
-                                    for p, c in zip(prompts, completions)])
+    expected = batch_rewards(http, [{"messages": p, "response": c[0]["content"]} for p, c in zip(prompts, completions)])
     assert got == expected and got[-1] == 0.0
 
 
@@ -84,12 +91,22 @@ def test_trl_through_grpo_trainer_reward_path(server, http, rows):
     from app.config import Settings
     from app.models import resolve_llm
 
-    config = GRPOConfig(output_dir=str(server.log_path.parent / "grpo"), per_device_train_batch_size=2,
-                        num_generations=2, max_completion_length=8, report_to=[], use_cpu=True,
-                        save_strategy="no")
+    config = GRPOConfig(
+        output_dir=str(server.log_path.parent / "grpo"),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
     dataset = Dataset.from_list([{"prompt": r["instruction"], "id": r["id"]} for r in rows])
-    trainer = GRPOTrainer(model=resolve_llm(None, Settings().cache_dir), reward_funcs=make_reward_func(server.url),
-                          args=config, train_dataset=dataset)
+    trainer = GRPOTrainer(
+        model=resolve_llm(None, Settings().cache_dir),
+        reward_funcs=make_reward_func(server.url),
+        args=config,
+        train_dataset=dataset,
+    )
     prompts = [r["instruction"] for r in rows]
     completions = [r["response"] for r in rows]
     inputs = [{"prompt": p, "completion": c, "id": r["id"]} for p, c, r in zip(prompts, completions, rows)]
@@ -103,8 +120,9 @@ def test_trl_through_grpo_trainer_reward_path(server, http, rows):
 def openrlhf_sample(tokenizer, instruction: str, response: str) -> tuple[str, str]:
     """(prompt, query) as OpenRLHF builds them: the chat-templated prompt, and prompt + response
     token ids decoded with the special tokens kept."""
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     action_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt, tokenizer.decode(prompt_ids + action_ids, skip_special_tokens=False)
@@ -122,8 +140,9 @@ def test_openrlhf_single(http, rows, tokenizer):
     prompt, query = openrlhf_sample(tokenizer, row["instruction"], row["response"])
     assert query.endswith("<|im_end|>")
     body = http.post("/get_reward", json={"query": [query], "prompts": [prompt], "labels": [None]}).json()
-    expected = single_reward(http, {"messages": smollm_messages(tokenizer, row["instruction"]),
-                                    "response": row["response"]})
+    expected = single_reward(
+        http, {"messages": smollm_messages(tokenizer, row["instruction"]), "response": row["response"]}
+    )
     assert body["rewards"] == [expected] and body["scores"] == [expected]
     assert body["unscorable"] == [None]
     assert all(len(v) == 1 and isinstance(v[0], float) for v in body["extra_logs"].values())
@@ -131,32 +150,44 @@ def test_openrlhf_single(http, rows, tokenizer):
 
 def test_openrlhf_batch(http, rows, tokenizer):
     samples = [openrlhf_sample(tokenizer, r["instruction"], r["response"]) for r in rows]
-    body = http.post("/get_reward", json={"query": [q for _, q in samples], "prompts": [p for p, _ in samples],
-                                          "labels": [""] * len(rows)}).json()
-    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, r["instruction"]),
-                                     "response": r["response"]} for r in rows])
+    body = http.post(
+        "/get_reward",
+        json={"query": [q for _, q in samples], "prompts": [p for p, _ in samples], "labels": [""] * len(rows)},
+    ).json()
+    expected = batch_rewards(
+        http, [{"messages": smollm_messages(tokenizer, r["instruction"]), "response": r["response"]} for r in rows]
+    )
     assert body["rewards"] == expected
     assert len(body["extra_logs"]["flip_conditional"]) == len(rows)
 
 
 def test_slime_templated_and_message_prompts(http, rows, tokenizer):
     row = rows[1]
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": row["instruction"]}], tokenize=False,
-                                              add_generation_prompt=True)
+    templated = tokenizer.apply_chat_template(
+        [{"role": "user", "content": row["instruction"]}], tokenize=False, add_generation_prompt=True
+    )
     body = http.post("/slime_reward", json={"prompt": templated, "response": row["response"], "label": "x"}).json()
-    expected = single_reward(http, {"messages": smollm_messages(tokenizer, row["instruction"]),
-                                    "response": row["response"]})
+    expected = single_reward(
+        http, {"messages": smollm_messages(tokenizer, row["instruction"]), "response": row["response"]}
+    )
     assert body["reward"] == expected and body["error"] is None
-    plain = http.post("/slime_reward", json={"prompt": [{"role": "user", "content": row["instruction"]}],
-                                             "response": row["response"], "label": None}).json()
+    plain = http.post(
+        "/slime_reward",
+        json={"prompt": [{"role": "user", "content": row["instruction"]}], "response": row["response"], "label": None},
+    ).json()
     assert plain["reward"] == single_reward(http, {"prompt": row["instruction"], "response": row["response"]})
 
 
 def test_verl_sync_and_async(server, http, rows):
     row = rows[2]
     expected = http.post("/reward", json={"prompt": row["instruction"], "response": row["response"]}).json()
-    kwargs = dict(data_source="self-instruct", solution_str=row["response"] + "<|im_end|>", ground_truth="",
-                  extra_info={"instruction": row["instruction"]}, base_url=server.url)
+    kwargs = dict(
+        data_source="self-instruct",
+        solution_str=row["response"] + "<|im_end|>",
+        ground_truth="",
+        extra_info={"instruction": row["instruction"]},
+        base_url=server.url,
+    )
     result = compute_score(**kwargs)
     assert result["score"] == expected["reward"] and result["flip_unscorable"] == 0.0
     assert asyncio.run(compute_score_async(**kwargs)) == result
@@ -192,8 +223,15 @@ def group_instruction(rows):
 @pytest.fixture(scope="module")
 def group(rows, group_instruction):
     """8 completions: real ones, an EOS-only one, one cut inside <think>, one that only copies."""
-    completions = [rows[0]["response"], rows[1]["response"], "<think>hm</think>" + rows[0]["response"], *GROUP[3:5],
-                   rows[2]["response"], rows[3]["response"], f"{group_instruction} {group_instruction}"]
+    completions = [
+        rows[0]["response"],
+        rows[1]["response"],
+        "<think>hm</think>" + rows[0]["response"],
+        *GROUP[3:5],
+        rows[2]["response"],
+        rows[3]["response"],
+        f"{group_instruction} {group_instruction}",
+    ]
     assert len(completions) == 8
     return completions
 
@@ -210,35 +248,50 @@ def assert_group(got, expected, reasons=None):
 
 @pytest.fixture(scope="module")
 def group_expected(http, group, group_instruction):
-    body = http.post("/batch_reward", json={"items": [{"prompt": group_instruction, "response": c}
-                                                      for c in group]}).json()
+    body = http.post(
+        "/batch_reward", json={"items": [{"prompt": group_instruction, "response": c} for c in group]}
+    ).json()
     assert_group(body["rewards"], body["rewards"], [r["unscorable"] for r in body["results"]])
     return body["rewards"]
 
 
 def test_group_through_openrlhf_route(http, tokenizer, group, group_instruction):
     samples = [openrlhf_sample(tokenizer, group_instruction, c) for c in group]
-    replies = [http.post("/get_reward", json={"query": [q], "prompts": [p], "labels": [None]}).json()
-               for p, q in samples]
-    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c}
-                                    for c in group])
+    replies = [
+        http.post("/get_reward", json={"query": [q], "prompts": [p], "labels": [None]}).json() for p, q in samples
+    ]
+    expected = batch_rewards(
+        http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c} for c in group]
+    )
     assert_group([r["rewards"][0] for r in replies], expected, [r["unscorable"][0] for r in replies])
     assert len({frozenset(r["extra_logs"]) for r in replies}) == 1
 
 
 def test_group_through_slime_route(http, tokenizer, group, group_instruction):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": group_instruction}], tokenize=False,
-                                           add_generation_prompt=True)
-    replies = [http.post("/slime_reward", json={"prompt": prompt, "response": c + tokenizer.eos_token,
-                                                "label": None}).json() for c in group]
-    expected = batch_rewards(http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c}
-                                    for c in group])
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": group_instruction}], tokenize=False, add_generation_prompt=True
+    )
+    replies = [
+        http.post("/slime_reward", json={"prompt": prompt, "response": c + tokenizer.eos_token, "label": None}).json()
+        for c in group
+    ]
+    expected = batch_rewards(
+        http, [{"messages": smollm_messages(tokenizer, group_instruction), "response": c} for c in group]
+    )
     assert_group([r["reward"] for r in replies], expected, [r["unscorable"] for r in replies])
 
 
 def test_group_through_verl_adapters(server, group, group_instruction, group_expected):
-    args = [{"data_source": "flip", "solution_str": c + "<|im_end|>", "ground_truth": "",
-             "extra_info": {"instruction": group_instruction}, "base_url": server.url} for c in group]
+    args = [
+        {
+            "data_source": "flip",
+            "solution_str": c + "<|im_end|>",
+            "ground_truth": "",
+            "extra_info": {"instruction": group_instruction},
+            "base_url": server.url,
+        }
+        for c in group
+    ]
     assert_group([compute_score(**a)["score"] for a in args], group_expected)
 
     async def step():
@@ -247,9 +300,13 @@ def test_group_through_verl_adapters(server, group, group_instruction, group_exp
     results = asyncio.run(step())
     assert_group([r["score"] for r in results], group_expected)
     assert [r["flip_unscorable"] for r in results] == [float(i in UNSCORABLE) for i in range(8)]
-    batch = compute_score_batch(data_sources=["flip"] * 8, solution_strs=[a["solution_str"] for a in args],
-                                ground_truths=[""] * 8, extra_infos=[a["extra_info"] for a in args],
-                                base_url=[server.url])
+    batch = compute_score_batch(
+        data_sources=["flip"] * 8,
+        solution_strs=[a["solution_str"] for a in args],
+        ground_truths=[""] * 8,
+        extra_infos=[a["extra_info"] for a in args],
+        base_url=[server.url],
+    )
     assert_group([r["score"] for r in batch], group_expected)
 
 

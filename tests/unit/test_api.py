@@ -105,10 +105,16 @@ def test_long_context_drops_oldest_turns(client, fake_engine):
     assert "old" not in fake_engine.tokenizer.decode(fake_engine.calls[-1])
 
 
-@pytest.mark.parametrize("response,reason", [
-    ("", "empty_response"), ("   \n", "empty_response"), ("<think>just thinking</think>", "think_only"),
-    ("<think>cut off in the middle of", "think_only"), ("Explain the sky. Explain the sky.", "all_copied"),
-])
+@pytest.mark.parametrize(
+    "response,reason",
+    [
+        ("", "empty_response"),
+        ("   \n", "empty_response"),
+        ("<think>just thinking</think>", "think_only"),
+        ("<think>cut off in the middle of", "think_only"),
+        ("Explain the sky. Explain the sky.", "all_copied"),
+    ],
+)
 def test_a_response_with_nothing_to_score_gets_the_floor_with_its_reason(client, fake_engine, response, reason):
     calls = len(fake_engine.calls)
     body = client.post("/reward", json={"prompt": "Explain the sky.", "response": response}).json()

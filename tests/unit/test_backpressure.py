@@ -25,8 +25,15 @@ def metric(name: str) -> float:
 async def slow_app(tmp_path):
     engine = FakeEngine()
     engine.delay_s = 0.3
-    settings = Settings(cache_dir=tmp_path, max_queued_items=4, max_batch_items=8, max_tokens=32,
-                        request_timeout_s=5, max_request_timeout_s=10, method="generate")
+    settings = Settings(
+        cache_dir=tmp_path,
+        max_queued_items=4,
+        max_batch_items=8,
+        max_tokens=32,
+        request_timeout_s=5,
+        max_request_timeout_s=10,
+        method="generate",
+    )
     service = FlipService(settings, engine_factory=lambda s: engine, embedder_factory=lambda s: HashEmbedder())
     await service.load()
     app = create_app(settings, service)
@@ -89,10 +96,20 @@ async def test_a_client_that_disconnects_has_its_engine_work_cancelled(slow_app)
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/batch_reward", "raw_path": b"/batch_reward", "query_string": b"",
-             "root_path": "", "headers": [(b"content-type", b"application/json")],
-             "client": ("127.0.0.1", 1), "server": ("test", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/batch_reward",
+        "raw_path": b"/batch_reward",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
     handler = asyncio.create_task(app(scope, receive, send))
     for _ in range(100):
         if engine.running:

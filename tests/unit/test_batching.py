@@ -71,14 +71,12 @@ def test_admission_bounds_and_releases_on_any_exit():
     depths = []
     admission = Admission(limit=10, on_change=depths.append)
     with admission.admit(6):
-        with pytest.raises(QueueFull):
-            with admission.admit(5):
-                pass
+        with pytest.raises(QueueFull), admission.admit(5):
+            pass
         with admission.admit(4):
             assert admission.queued == 10
-    with pytest.raises(RuntimeError):
-        with admission.admit(10):
-            raise RuntimeError("scoring failed")
+    with pytest.raises(RuntimeError), admission.admit(10):
+        raise RuntimeError("scoring failed")
     assert admission.queued == 0
     assert depths == [6, 10, 6, 0, 10, 0]
 
@@ -119,8 +117,10 @@ def test_admission_does_not_push_a_request_in_flight_past_its_deadline():
     admission = _established(2.0, now)
     with admission.admit(50, deadline_s=30):  # needs ~25 s of its 30
         # 15 more would take the queue to ~32.5 s: the first request would miss its deadline (504)
-        with pytest.raises(QueueFull, match="push a request in flight past its deadline"), \
-                admission.admit(15, deadline_s=100):
+        with (
+            pytest.raises(QueueFull, match="push a request in flight past its deadline"),
+            admission.admit(15, deadline_s=100),
+        ):
             pass
         with admission.admit(5, deadline_s=100):  # ~27.5 s: both still make it
             pass
@@ -137,8 +137,9 @@ def test_a_batch_with_nothing_ahead_is_admitted_even_past_its_deadline():
         pass
 
 
-def _burst(admission: Admission, now: list[float], n: int, deadline_s: float, rate: float,
-           retries: int, retry_delay_s: float) -> tuple[int, int]:
+def _burst(
+    admission: Admission, now: list[float], n: int, deadline_s: float, rate: float, retries: int, retry_delay_s: float
+) -> tuple[int, int]:
     """n single-item requests at once (a trainer's B×G rollout step), each retried `retries` times
     `retry_delay_s` apart when refused, while the engine finishes `rate` items a second in the order
     admitted. Returns (admitted at once, admitted in the end)."""
@@ -167,11 +168,14 @@ def _burst(admission: Admission, now: list[float], n: int, deadline_s: float, ra
     return first, n - pending
 
 
-@pytest.mark.parametrize("rate,n,admitted_at_once", [
-    (50.0, 1024, 1024),  # a GPU-class rate: a 128 × 8 rollout step fits the 120 s deadline and the bound
-    (8.0, 1024, 960),  # 8 items/s: 120 s of work is 960 items; the rest get 429 with Retry-After
-    (2.0, 256, 240),  # this 2-core CPU machine's order of magnitude: 32 × 8 already does not fit
-])
+@pytest.mark.parametrize(
+    "rate,n,admitted_at_once",
+    [
+        (50.0, 1024, 1024),  # a GPU-class rate: a 128 × 8 rollout step fits the 120 s deadline and the bound
+        (8.0, 1024, 960),  # 8 items/s: 120 s of work is 960 items; the rest get 429 with Retry-After
+        (2.0, 256, 240),  # this 2-core CPU machine's order of magnitude: 32 × 8 already does not fit
+    ],
+)
 def test_sizing_a_trainer_burst_of_singles_with_the_default_deadline_and_bound(rate, n, admitted_at_once):
     """What B×G concurrent singles get with the defaults (FLIP_MAX_QUEUED_ITEMS 1024,
     FLIP_REQUEST_TIMEOUT_S 120): everything the engine can finish within the deadline is admitted at

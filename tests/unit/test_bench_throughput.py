@@ -9,12 +9,21 @@ from bench.throughput import LogprobCounter, _singles_in_process, score_options,
 from tests.fakes import FakeEngine, HashEmbedder
 
 ITEMS = [
-    {"id": "honest", "prompt": "Write a short poem about the autumn rain in the city",
-     "response": "Grey drops drum on tin roofs across the city"},
-    {"id": "framed", "prompt": "Write a short poem about the autumn rain in the city",
-     "response": "Sure! You asked me to write a short poem about the autumn rain. Grey drops drum on tin roofs."},
-    {"id": "stuffed", "prompt": "Write a short poem about the autumn rain in the city",
-     "response": "city rain autumn poem short write " * 3},
+    {
+        "id": "honest",
+        "prompt": "Write a short poem about the autumn rain in the city",
+        "response": "Grey drops drum on tin roofs across the city",
+    },
+    {
+        "id": "framed",
+        "prompt": "Write a short poem about the autumn rain in the city",
+        "response": "Sure! You asked me to write a short poem about the autumn rain. Grey drops drum on tin roofs.",
+    },
+    {
+        "id": "stuffed",
+        "prompt": "Write a short poem about the autumn rain in the city",
+        "response": "city rain autumn poem short write " * 3,
+    },
     {"id": "copy", "prompt": "List three uses of baking soda", "response": "List three uses of baking soda."},
 ]
 
@@ -26,8 +35,9 @@ def test_the_bench_and_the_service_give_the_same_reward(client, settings, method
     raw = asyncio.run(score_raw(FakeEngine(), HashEmbedder(), bench_settings, ITEMS))
     assert [r.reward for r in raw] == [s["reward"] for s in served]
     assert [r.copied_fraction for r in raw] == [s["copied_fraction"] for s in served]
-    assert [r.likelihood and r.likelihood.get("keyword_stuffing") for r in raw] == \
-        [s["likelihood"] and s["likelihood"]["keyword_stuffing"] for s in served]
+    assert [r.likelihood and r.likelihood.get("keyword_stuffing") for r in raw] == [
+        s["likelihood"] and s["likelihood"]["keyword_stuffing"] for s in served
+    ]
 
 
 def test_both_likelihood_arms_score_alike_and_the_counter_sees_every_logprob(settings):

@@ -39,9 +39,13 @@ def test_earlier_turns_are_kept_as_context():
 
 def test_plain_prompt_and_message_lists():
     assert instruction_messages("  Name a colour. ") == [{"role": "user", "content": "Name a colour."}]
-    conversation = [{"role": "system", "content": "x"}, {"role": "user", "content": "Q1"},
-                    {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-                    {"role": "tool", "content": "t"}]
+    conversation = [
+        {"role": "system", "content": "x"},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "tool", "content": "t"},
+    ]
     assert instruction_messages(conversation)[-1] == {"role": "user", "content": "Q2"}
     parts = [{"role": "user", "content": [{"type": "text", "text": "Describe "}, {"type": "text", "text": "it"}]}]
     assert instruction_messages(parts) == [{"role": "user", "content": "Describe it"}]
@@ -72,8 +76,10 @@ def test_response_without_prompt_uses_last_assistant_turn():
 def test_prompt_found_inside_query_and_after_stripping():
     # a BOS the policy's tokenizer added in front of the prompt
     assert response_from_query("<s>" + CHATML_PROMPT + "Red.<|im_end|>", CHATML_PROMPT) == "Red."
-    assert response_from_query("Question: name a colour. Answer: Red.</s>", "<s>Question: name a colour.") == \
-        "Answer: Red."
+    assert (
+        response_from_query("Question: name a colour. Answer: Red.</s>", "<s>Question: name a colour.")
+        == "Answer: Red."
+    )
 
 
 def test_strip_special_tokens_with_tokenizer_tokens():

@@ -43,8 +43,13 @@ class FlakyService:
     async def batch_reward(self, request: Request) -> JSONResponse:
         body = await request.json()
         with self.lock:
-            self.requests.append({"t": time.monotonic(), "auth": request.headers.get("authorization"),
-                                  "responses": [i["response"] for i in body["items"]]})
+            self.requests.append(
+                {
+                    "t": time.monotonic(),
+                    "auth": request.headers.get("authorization"),
+                    "responses": [i["response"] for i in body["items"]],
+                }
+            )
             planned = self.plan.pop(0) if self.plan else None
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)

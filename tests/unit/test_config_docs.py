@@ -14,7 +14,7 @@ def test_every_setting_is_in_the_readme_table():
 
 
 def test_cli_flags_map_onto_settings():
-    from app.cli import build_parser, _settings_from
+    from app.cli import _settings_from, build_parser
 
     args = build_parser().parse_args(["serve", "--max-tokens", "12", "--no-copy-guard", "--method", "generate"])
     settings = _settings_from(args, set())
@@ -33,7 +33,7 @@ def test_every_setting_has_one_group_and_sits_in_its_readme_section():
 
     grouped = [name for names in SETTING_GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(Settings.model_fields), "each setting in exactly one group"
-    table = README[README.index("## Configuration"):]
+    table = README[README.index("## Configuration") :]
     sections = table.split("\n### ")[1:]
     assert len(sections) == len(SETTING_GROUPS), "one README section per settings group"
     for (group, names), section in zip(SETTING_GROUPS.items(), sections):

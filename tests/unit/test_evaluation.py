@@ -55,15 +55,26 @@ def _write(path, rows):
 
 
 async def test_eval_run_through_the_api(tmp_path, client):
-    pairwise = _write(tmp_path / "pairs.jsonl", [
-        {"id": f"p{i}", "prompt": f"Explain topic {i} clearly", "subset": "s",
-         "chosen": f"topic {i} explained clearly with care", "rejected": "no"}
-        for i in range(6)
-    ])
-    recon = _write(tmp_path / "recon.jsonl", [
-        {"id": f"r{i}", "instruction": f"Describe the colour number {i}", "response": f"colour {i} is warm"}
-        for i in range(4)
-    ])
+    pairwise = _write(
+        tmp_path / "pairs.jsonl",
+        [
+            {
+                "id": f"p{i}",
+                "prompt": f"Explain topic {i} clearly",
+                "subset": "s",
+                "chosen": f"topic {i} explained clearly with care",
+                "rejected": "no",
+            }
+            for i in range(6)
+        ],
+    )
+    recon = _write(
+        tmp_path / "recon.jsonl",
+        [
+            {"id": f"r{i}", "instruction": f"Describe the colour number {i}", "response": f"colour {i} is warm"}
+            for i in range(4)
+        ],
+    )
     data = [datasets.load(pairwise), datasets.load(recon)]
     transport = httpx.ASGITransport(app=client.app)
     async with AsyncFlipClient("http://test", transport=transport, chunk_size=8) as api:

@@ -49,8 +49,12 @@ ITEM = {"prompt": "Explain why the sky is blue", "response": "why the sky is blu
 def start(tmp_path: Path, engine_delay_s: float, grace_s: float) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     log = tmp_path / "server.log"
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(engine_delay_s), str(grace_s)],
-                               cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), str(engine_delay_s), str(grace_s)],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

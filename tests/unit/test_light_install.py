@@ -6,8 +6,21 @@ import subprocess
 import sys
 import textwrap
 
-BLOCKED = ("fastapi", "uvicorn", "vllm", "torch", "transformers", "sentence_transformers", "scipy", "sklearn",
-           "matplotlib", "tqdm", "numpy", "pydantic_settings", "prometheus_client")
+BLOCKED = (
+    "fastapi",
+    "uvicorn",
+    "vllm",
+    "torch",
+    "transformers",
+    "sentence_transformers",
+    "scipy",
+    "sklearn",
+    "matplotlib",
+    "tqdm",
+    "numpy",
+    "pydantic_settings",
+    "prometheus_client",
+)
 LIGHT = ("app", "app.client", "app.integrations.chat_template", "app.integrations.trl", "app.integrations.verl")
 
 

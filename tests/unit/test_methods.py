@@ -11,8 +11,17 @@ INSTRUCTION = "Write a short poem about the autumn rain in the city"
 
 @pytest.mark.parametrize(
     "raw,score",
-    [("8", 8), ("Rating: 7/10", 7), ("**9** out of 10", 9), ("10", 10), ("I'd say 6.", 6),
-     ("score 0", None), ("none", None), ("3.5", None), ("<think>5?</think>4", 4)],
+    [
+        ("8", 8),
+        ("Rating: 7/10", 7),
+        ("**9** out of 10", 9),
+        ("10", 10),
+        ("I'd say 6.", 6),
+        ("score 0", None),
+        ("none", None),
+        ("3.5", None),
+        ("<think>5?</think>4", 4),
+    ],
 )
 def test_judge_score_parser(raw, score):
     assert parse_judge_score(raw) == score
@@ -51,8 +60,10 @@ def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(cl
     assert lik["contrast"] == pytest.approx(lik["pmi"] - lik["distractor_score"])
     assert body["reward"] == pytest.approx(1 / (1 + math.exp(-lik["contrast"])))
     calls, hints = fake_engine.calls[first:], fake_engine.scored_from[first:]
-    words = [" ".join(fake_engine.tokenizer.decode(c).split()[-len(d.split()):]) for c, d in
-             zip(calls[-2:], DISTRACTOR_INSTRUCTIONS)]
+    words = [
+        " ".join(fake_engine.tokenizer.decode(c).split()[-len(d.split()) :])
+        for c, d in zip(calls[-2:], DISTRACTOR_INSTRUCTIONS)
+    ]
     assert words == list(DISTRACTOR_INSTRUCTIONS[:2])
     # the two distractor prompts: the real prompt's head, then the distractor; only the tail is scored
     decoded = [fake_engine.tokenizer.decode(c) for c in calls]
@@ -60,7 +71,7 @@ def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(cl
     real, head = calls[k], len(calls[k]) - len(fake_engine.tokenizer.encode(INSTRUCTION))
     assert hints[-2:] == [head, head] and all(c[:head] == real[:head] for c in calls[-2:])
     # the real prompt is scored from the response on (the stuffing guard reads the response's tokens)
-    assert 0 < hints[k] < head and fake_engine.tokenizer.decode(real[hints[k]:]).startswith("Grey")
+    assert 0 < hints[k] < head and fake_engine.tokenizer.decode(real[hints[k] :]).startswith("Grey")
     plain = _reward(client, response, method="likelihood", distractors=0)["likelihood"]
     assert plain["contrast"] is None and plain["distractor_score"] is None
 

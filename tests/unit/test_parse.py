@@ -8,7 +8,11 @@ MESSY_OUTPUTS = [
     ('```json\n{"REASONING": "x", "INFERRED INSTRUCTION": "Sort the list."}\n```', "Sort the list.", True),
     ('<think>hmm, let me see</think>{"INFERRED INSTRUCTION": "Name three fruits."}', "Name three fruits.", True),
     ('{"reasoning": "r", "inferred_instruction": "Summarise the article."}', "Summarise the article.", True),
-    ('{"Reasoning": "r", "Inferred-Instruction": "Translate to French."} Hope this helps!', "Translate to French.", True),
+    (
+        '{"Reasoning": "r", "Inferred-Instruction": "Translate to French."} Hope this helps!',
+        "Translate to French.",
+        True,
+    ),
     ('{"REASONING": "r", "INFERRED INSTRUCTION": "Explain photosynthesis', "Explain photosynthesis", True),
     ('{"REASONING": "r", "instruction": "List primes below 10."}', "List primes below 10.", True),
     ("Reasoning: it is a recipe.\nInferred instruction: Give a pancake recipe.", "Give a pancake recipe.", True),

@@ -59,8 +59,15 @@ def test_openrlhf_batch_and_single(client):
     # an EOS-only response: the floor with its reason, a number like every other
     assert body["rewards"][0] > 0 and body["rewards"][1] == 0.0 and body["unscorable"] == [None, "empty_response"]
     assert body["scores"] == body["rewards"]
-    assert set(body["extra_logs"]) == {"flip_unscorable", "flip_guard", "flip_copied_fraction", "flip_truncated",
-                                       "flip_f1", "flip_embedding", "flip_parsed"}
+    assert set(body["extra_logs"]) == {
+        "flip_unscorable",
+        "flip_guard",
+        "flip_copied_fraction",
+        "flip_truncated",
+        "flip_f1",
+        "flip_embedding",
+        "flip_parsed",
+    }
     assert all(len(v) == 2 and all(isinstance(x, float) for x in v) for v in body["extra_logs"].values())
     assert body["extra_logs"]["flip_unscorable"] == [0.0, 1.0] and body["extra_logs"]["flip_guard"] == [1.0, 3.0]
     # the response was recovered from the query; the copy guard deleted the instruction it repeats
@@ -79,12 +86,15 @@ def test_openrlhf_old_payload_query_only(client):
 
 def test_openrlhf_instruction_from_label(client):
     query = "Q: what? A: why the sky is blue: light scatters</s>"
-    body = client.post("/get_reward?instruction_from=label",
-                       json={"query": [query], "prompts": ["Q: what? A:"], "labels": ["Explain why the sky is blue"]})
+    body = client.post(
+        "/get_reward?instruction_from=label",
+        json={"query": [query], "prompts": ["Q: what? A:"], "labels": ["Explain why the sky is blue"]},
+    )
     result = body.json()
     assert result["rewards"][0] > 0 and result["unscorable"] == [None]
-    bad = client.post("/get_reward?instruction_from=label", json={"query": [query], "prompts": ["Q"],
-                                                                  "labels": [{"answer": 4}]})
+    bad = client.post(
+        "/get_reward?instruction_from=label", json={"query": [query], "prompts": ["Q"], "labels": [{"answer": 4}]}
+    )
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "query[0]"
     assert "label" in bad.json()["error"]["message"]
 
@@ -105,12 +115,22 @@ def test_openrlhf_bad_payloads(client, payload, field):
 
 
 def test_slime_forms(client):
-    text = client.post("/slime_reward", json={
-        "prompt": CHATML.format("Explain why the sky is blue"),
-        "response": "why the sky is blue: light scatters<|im_end|>", "label": "4"}).json()
-    messages = client.post("/slime_reward", json={
-        "prompt": [{"role": "user", "content": "Explain why the sky is blue"}],
-        "response": "why the sky is blue: light scatters", "label": None}).json()
+    text = client.post(
+        "/slime_reward",
+        json={
+            "prompt": CHATML.format("Explain why the sky is blue"),
+            "response": "why the sky is blue: light scatters<|im_end|>",
+            "label": "4",
+        },
+    ).json()
+    messages = client.post(
+        "/slime_reward",
+        json={
+            "prompt": [{"role": "user", "content": "Explain why the sky is blue"}],
+            "response": "why the sky is blue: light scatters",
+            "label": None,
+        },
+    ).json()
     assert text["reward"] is not None and text["reward"] == messages["reward"]
     empty = client.post("/slime_reward", json={"prompt": "Explain", "response": "  <|im_end|>", "label": None}).json()
     assert (empty["reward"], empty["unscorable"], empty["error"]) == (0.0, "empty_response", None)

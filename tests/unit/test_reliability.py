@@ -124,7 +124,8 @@ def test_body_over_the_limit_is_413_before_parsing(tmp_path):
         # Declared too large: refused from the Content-Length alone (this body is not even JSON).
         error = _assert_error_shape(
             client.post("/reward", content=b"x" * 5000, headers={"content-type": "application/json"}),
-            413, "body_too_large",
+            413,
+            "body_too_large",
         )
         assert "4096" in error["message"] and "FLIP_MAX_BODY_BYTES" in error["message"]
         # Streamed without a length (chunked): counted as it arrives.
@@ -149,17 +150,23 @@ def limited(tmp_path):
         (
             "/reward",
             {"messages": [{"role": "user", "content": "q"}] * 4, "response": "x"},
-            "too_many_messages", "messages", ("4", "3"),
+            "too_many_messages",
+            "messages",
+            ("4", "3"),
         ),
         (
             "/reward",
             {"messages": [{"role": "user", "content": "q" * 101}], "response": "x"},
-            "field_too_long", "messages[0].content", ("101", "100"),
+            "field_too_long",
+            "messages[0].content",
+            ("101", "100"),
         ),
         (
             "/batch_reward",
             {"items": [ITEM, {"prompt": "p", "response": "r" * 200}]},
-            "field_too_long", "items[1].response", ("200", "100"),
+            "field_too_long",
+            "items[1].response",
+            ("200", "100"),
         ),
         ("/batch_reward", {"items": [ITEM] * 5}, "too_many_items", "items", ("5", "4")),
     ],

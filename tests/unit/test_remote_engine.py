@@ -62,8 +62,16 @@ class Script:
 
 
 def engine(script, urls=("http://a", "http://b"), retries: int = 2, concurrency: int = 4, **kw) -> RemoteEngine:
-    return RemoteEngine(list(urls), "m", tokenizer=None, max_model_len=2048, max_concurrency=concurrency,
-                        retries=retries, transport=httpx.MockTransport(script), **kw)
+    return RemoteEngine(
+        list(urls),
+        "m",
+        tokenizer=None,
+        max_model_len=2048,
+        max_concurrency=concurrency,
+        retries=retries,
+        transport=httpx.MockTransport(script),
+        **kw,
+    )
 
 
 PARAMS = GenerationParams(max_tokens=16)
@@ -216,8 +224,11 @@ async def test_prompt_logprobs_via_completions_are_read_for_the_actual_tokens():
 def generated(ids: list[int], cached: int) -> dict:
     """An /inference/v1/generate answer: cached positions hold garbage, as vLLM leaves them."""
     positions = [None] + [{str(t if k > cached else 0): {"logprob": -float(k)}} for k, t in enumerate(ids) if k]
-    return {"choices": [{"index": 0, "token_ids": [1]}], "prompt_logprobs": positions,
-            "usage": {"prompt_tokens": len(ids), "prompt_tokens_details": {"cached_tokens": cached}}}
+    return {
+        "choices": [{"index": 0, "token_ids": [1]}],
+        "prompt_logprobs": positions,
+        "usage": {"prompt_tokens": len(ids), "prompt_tokens_details": {"cached_tokens": cached}},
+    }
 
 
 async def test_prompt_logprobs_via_generate_read_the_prefix_cache_for_the_tail():
@@ -228,8 +239,13 @@ async def test_prompt_logprobs_via_generate_read_the_prefix_cache_for_the_tail()
     assert logprobs == [None] * 5 + [-5.0, -6.0, -7.0, -8.0, -9.0]
     sent = json.loads(script.requests[0].content)
     assert script.requests[0].url.path == "/inference/v1/generate" and sent["token_ids"] == ids
-    assert sent["sampling_params"] == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0,
-                                       "detokenize": False, "skip_reading_prefix_cache": False}
+    assert sent["sampling_params"] == {
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": 0,
+        "detokenize": False,
+        "skip_reading_prefix_cache": False,
+    }
     assert remote.stats()["prefix_cache"] == {"queries": 10, "hits": 4, "hit_rate": 0.4}
 
 
@@ -428,9 +444,11 @@ async def test_resolve_addresses_of_a_name_and_of_an_ip_literal():
     from app.engines.openai_remote import resolve_addresses
 
     assert await resolve_addresses("http://127.0.0.1:8001") == ["http://127.0.0.1:8001"]
-    assert await resolve_addresses("http://localhost:8001/v") in (["http://127.0.0.1:8001/v"],
-                                                                 ["http://127.0.0.1:8001/v", "http://[::1]:8001/v"],
-                                                                 ["http://[::1]:8001/v", "http://127.0.0.1:8001/v"])
+    assert await resolve_addresses("http://localhost:8001/v") in (
+        ["http://127.0.0.1:8001/v"],
+        ["http://127.0.0.1:8001/v", "http://[::1]:8001/v"],
+        ["http://[::1]:8001/v", "http://127.0.0.1:8001/v"],
+    )
 
 
 # --- the service in remote mode (the reported failures: /info 500, the watchdog dying on its first tick)
@@ -453,8 +471,14 @@ def test_info_and_watchdog_work_in_remote_mode(tmp_path):
     from tests.fakes import HashEmbedder
     from tests.unit.conftest import _wait_ready
 
-    remote = RemoteEngine(["http://a", "http://b"], "m", tokenizer=WordTokenizer(), max_model_len=2048,
-                          transport=httpx.MockTransport(fleet_of_mocks), prompt_logprobs_endpoint="generate")
+    remote = RemoteEngine(
+        ["http://a", "http://b"],
+        "m",
+        tokenizer=WordTokenizer(),
+        max_model_len=2048,
+        transport=httpx.MockTransport(fleet_of_mocks),
+        prompt_logprobs_endpoint="generate",
+    )
     settings = Settings(cache_dir=tmp_path, watchdog_interval_s=0.01)
     service = FlipService(settings, engine_factory=lambda s: remote, embedder_factory=lambda s: HashEmbedder())
     with TestClient(create_app(settings, service)) as client:

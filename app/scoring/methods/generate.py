@@ -28,8 +28,9 @@ class Generate:
         """The reconstruction prompt for `item` as token ids, leaving room for the output."""
         mode = options.prompt_mode
         budget = self.fitter.max_model_len - self.settings.max_tokens
-        return self.fitter.fit(lambda response, context: build_reconstruction_prompt(response, context, mode),
-                               item, budget)
+        return self.fitter.fit(
+            lambda response, context: build_reconstruction_prompt(response, context, mode), item, budget
+        )
 
     def params(self, fitted: Fitted, options: ScoreOptions) -> GenerationParams:
         constrain = self.settings.structured_output and options.prompt_mode == "paper"
@@ -41,8 +42,9 @@ class Generate:
             regex=paper_output_regex(fitted.answer_prefix) if constrain else None,
         )
 
-    async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[Fitted],
-                  options: ScoreOptions) -> list[ItemResult | BaseException]:
+    async def run(
+        self, engine: Engine, items: list[ScoreItem], prepared: list[Fitted], options: ScoreOptions
+    ) -> list[ItemResult | BaseException]:
         mode = options.prompt_mode
         outputs = await gather([timed_generate(engine, f.token_ids, self.params(f, options)) for f in prepared])
         results: list[ItemResult | BaseException] = []

@@ -24,8 +24,9 @@ class Judge:
         budget = self.fitter.max_model_len - MAX_TOKENS
         return self.fitter.fit(lambda r, c: build_judge_prompt(item.instruction, r, c), item, budget)
 
-    async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[Fitted],
-                  options: ScoreOptions) -> list[ItemResult | BaseException]:
+    async def run(
+        self, engine: Engine, items: list[ScoreItem], prepared: list[Fitted], options: ScoreOptions
+    ) -> list[ItemResult | BaseException]:
         outputs = await gather([timed_generate(engine, f.token_ids, PARAMS) for f in prepared])
         results: list[ItemResult | BaseException] = []
         for item, fitted, out in zip(items, prepared, outputs):

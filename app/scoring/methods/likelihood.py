@@ -134,8 +134,13 @@ def scores_from_cache(engine: Engine) -> bool:
 
 
 class Likelihood:
-    def __init__(self, fitter: PromptFitter, settings: Settings, split_prefill: bool | None = None,
-                 baseline_from_cache: bool | None = None) -> None:
+    def __init__(
+        self,
+        fitter: PromptFitter,
+        settings: Settings,
+        split_prefill: bool | None = None,
+        baseline_from_cache: bool | None = None,
+    ) -> None:
         self.fitter = fitter
         self.settings = settings
         # None: Settings.likelihood_prefill where the engine allows it (scores_from_cache); the
@@ -156,13 +161,17 @@ class Likelihood:
         longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])
         budget = self.fitter.max_model_len - longest - 1
         fitted = self.fitter.fit(build_likelihood_prompt, item, budget)
-        head = self.fitter.render(build_likelihood_prompt(NO_RESPONSE, fitted.context)) if fitted.context \
+        head = (
+            self.fitter.render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
+            if fitted.context
             else self._no_response_head
+        )
         if fitted.error is not None:
             return LikelihoodInputs(fitted, instruction_ids, head + instruction_ids, (0, 0), distractor_ids, head)
         needs_fluency = options.copy_guard and guards.is_stuffing_candidate(item.instruction, fitted.response)
-        return LikelihoodInputs(fitted, instruction_ids, head + instruction_ids, response_span(fitted),
-                                distractor_ids, head, needs_fluency)
+        return LikelihoodInputs(
+            fitted, instruction_ids, head + instruction_ids, response_span(fitted), distractor_ids, head, needs_fluency
+        )
 
     def _instruction_ids(self, instruction: str) -> list[int]:
         ids = self.fitter.tokenizer.encode(instruction.strip(), add_special_tokens=False)
@@ -180,8 +189,9 @@ class Likelihood:
 
     # --- run: the engine calls, then the arithmetic
 
-    async def run(self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs],
-                  options: ScoreOptions) -> list[ItemResult | BaseException]:
+    async def run(
+        self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs], options: ScoreOptions
+    ) -> list[ItemResult | BaseException]:
         pmi = self.settings.likelihood_baseline == "pmi"
         cached = scores_from_cache(engine) and self.settings.likelihood_prefill
         split = cached if self.split_prefill is None else self.split_prefill
@@ -189,30 +199,37 @@ class Likelihood:
         started = time.perf_counter()
         outputs = await gather([self._score_one(engine, inputs, pmi, split, baseline_cached) for inputs in prepared])
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
-        return [out if isinstance(out, BaseException) else self._result(item, inputs, out, options.copy_guard)
-                for item, inputs, out in zip(items, prepared, outputs)]
+        return [
+            out if isinstance(out, BaseException) else self._result(item, inputs, out, options.copy_guard)
+            for item, inputs, out in zip(items, prepared, outputs)
+        ]
 
-    def _result(self, item: ScoreItem, inputs: LikelihoodInputs, scored: tuple[float | None, list[Scored]],
-                guard: bool) -> ItemResult:
+    def _result(
+        self, item: ScoreItem, inputs: LikelihoodInputs, scored: tuple[float | None, list[Scored]], guard: bool
+    ) -> ItemResult:
         fluency, ((cond, uncond), *distractors) = scored
         result = ItemResult(id=item.id, truncated=inputs.truncated, prompt_tokens=len(inputs.conditional_ids))
-        result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale,
-                                                             distractors)
+        result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale, distractors)
         result.likelihood["response_fluency"] = fluency
-        if guard and result.reward > 0.0 and guards.is_keyword_stuffing(item.instruction, inputs.fitted.response,
-                                                                        fluency):
+        if (
+            guard
+            and result.reward > 0.0
+            and guards.is_keyword_stuffing(item.instruction, inputs.fitted.response, fluency)
+        ):
             result.likelihood.setdefault("reward_without_guard", result.reward)
             result.likelihood["keyword_stuffing"] = True
             result.reward = 0.0
         return result
 
-    async def _score_one(self, engine: Engine, inputs: LikelihoodInputs, pmi: bool, split: bool,
-                         baseline_cached: bool) -> tuple[float | None, list[Scored]]:
+    async def _score_one(
+        self, engine: Engine, inputs: LikelihoodInputs, pmi: bool, split: bool, baseline_cached: bool
+    ) -> tuple[float | None, list[Scored]]:
         """The response's fluency (None where not computed) and, for the real instruction and then each
         distractor, its logprobs after the response and (PMI) after no response."""
         n = len(inputs.instruction_ids)
         baselines = [(inputs.instruction_ids, inputs.unconditional_ids)] + [
-            (d, inputs.unconditional_head + d) for d in inputs.distractor_ids]
+            (d, inputs.unconditional_head + d) for d in inputs.distractor_ids
+        ]
         # The baseline's head (system prompt, "(no response)") is shared by every item: read from the
         # prefix cache, only the instruction's tokens get logprobs.
         head = len(inputs.unconditional_head) if baseline_cached else 0
@@ -228,11 +245,15 @@ class Likelihood:
             # distractor's, once the response is in the prefix cache.
             outs = await asyncio.gather(
                 self._prompt_logprobs(engine, inputs.conditional_ids, scored_from=inputs.response_span[0]),
-                *unconditional)
+                *unconditional,
+            )
             real, uncond = cast(list[float | None], outs[0]), cast(list[list[float]], outs[1:])
             distractors = await asyncio.gather(
-                *[self._instruction_logprobs(engine, inputs.fitted.token_ids + d, len(d), scored_from=prefix)
-                  for d in inputs.distractor_ids])
+                *[
+                    self._instruction_logprobs(engine, inputs.fitted.token_ids + d, len(d), scored_from=prefix)
+                    for d in inputs.distractor_ids
+                ]
+            )
             cond = [scored_tail(real, n), *distractors]
             start, end = inputs.response_span
             span = real[start:end]
@@ -248,21 +269,28 @@ class Likelihood:
         await engine.generate(head, _PREFILL)
         metrics.PROMPT_TOKENS.inc(len(head))
         prefix = len(inputs.fitted.token_ids)
-        return list(await asyncio.gather(
-            *[self._instruction_logprobs(engine, inputs.fitted.token_ids + ins, len(ins), scored_from=prefix)
-              for ins in [inputs.instruction_ids, *inputs.distractor_ids]]))
+        return list(
+            await asyncio.gather(
+                *[
+                    self._instruction_logprobs(engine, inputs.fitted.token_ids + ins, len(ins), scored_from=prefix)
+                    for ins in [inputs.instruction_ids, *inputs.distractor_ids]
+                ]
+            )
+        )
 
     async def _prompt_logprobs(self, engine: Engine, token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         logprobs = await engine.prompt_logprobs(token_ids, scored_from)
         metrics.PROMPT_TOKENS.inc(len(token_ids))
         return logprobs
 
-    async def _instruction_logprobs(self, engine: Engine, token_ids: list[int], n: int,
-                                    scored_from: int = 0) -> list[float]:
+    async def _instruction_logprobs(
+        self, engine: Engine, token_ids: list[int], n: int, scored_from: int = 0
+    ) -> list[float]:
         return scored_tail(await self._prompt_logprobs(engine, token_ids, scored_from), n)
 
-    async def _unconditional_logprobs(self, engine: Engine, token_ids: list[int], n: int,
-                                      scored_from: int = 0) -> list[float]:
+    async def _unconditional_logprobs(
+        self, engine: Engine, token_ids: list[int], n: int, scored_from: int = 0
+    ) -> list[float]:
         """Cached per prompt, in flight included: a batch asks for each distractor's baseline once
         per item, all at the same moment."""
         key = tuple(token_ids)

@@ -30,7 +30,7 @@ def test_prepare_needs_only_a_tokenizer_and_flags_stuffing_candidates():
     assert honest.error is None and not honest.needs_fluency and len(honest.distractor_ids) == 2
     start, end = honest.response_span
     assert method.fitter.tokenizer.decode(honest.fitted.token_ids[start:end]) == HONEST
-    assert honest.conditional_ids[-len(honest.instruction_ids):] == honest.instruction_ids
+    assert honest.conditional_ids[-len(honest.instruction_ids) :] == honest.instruction_ids
     assert method.prepare(ScoreItem(INSTRUCTION, STUFFED), OPTIONS).needs_fluency
     unguarded = ScoreOptions(similarity="hybrid", prompt_mode="direct", method="likelihood", copy_guard=False)
     assert not method.prepare(ScoreItem(INSTRUCTION, STUFFED), unguarded).needs_fluency
@@ -70,12 +70,13 @@ def test_a_stuffing_candidate_is_read_from_the_response_on_and_caught():
     engine = FakeEngine()
     (result,) = _score(engine, True, [STUFFED], likelihood_distractors=0, likelihood_baseline="none")
     (call,) = engine.calls  # no prefill: the one request computes the response's logprobs too
-    assert engine.tokenizer.decode(call[engine.scored_from[0]:]).startswith("city rain")
+    assert engine.tokenizer.decode(call[engine.scored_from[0] :]).startswith("city rain")
     assert result.likelihood["response_fluency"] is not None
 
 
-@pytest.mark.parametrize("engine_can,setting,prefilled", [(True, True, True), (True, False, False),
-                                                         (False, True, False)])
+@pytest.mark.parametrize(
+    "engine_can,setting,prefilled", [(True, True, True), (True, False, False), (False, True, False)]
+)
 def test_the_setting_turns_the_prefill_on_where_the_engine_can(engine_can, setting, prefilled):
     engine = FakeEngine()
     engine.scores_from_prefix_cache = engine_can
@@ -108,6 +109,7 @@ def test_the_pmi_baselines_are_scored_after_their_shared_head_from_the_cache():
     scorer = Scorer(engine, None, Settings(likelihood_distractors=1), split_prefill=False, baseline_from_cache=True)
     asyncio.run(scorer.score([ScoreItem(INSTRUCTION, HONEST)], OPTIONS))
     head = len(scorer.methods["likelihood"]._no_response_head)
-    baselines = [hint for call, hint in zip(engine.calls, engine.scored_from) if "(no response)" in
-                 engine.tokenizer.decode(call)]
+    baselines = [
+        hint for call, hint in zip(engine.calls, engine.scored_from) if "(no response)" in engine.tokenizer.decode(call)
+    ]
     assert baselines == [head, head]  # the real instruction's and the distractor's
