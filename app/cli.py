@@ -1,4 +1,4 @@
-"""`flip-reward serve | prepare-model | score`.
+"""`flip-reward serve | prepare-model | score | eval`.
 
 Every Settings field is also a flag (`--max-tokens 64` is FLIP_MAX_TOKENS=64); a flag wins over
 the environment. The flags are generated from the Settings class so the two never drift apart.
