@@ -26,20 +26,17 @@ token ids: the server sees exactly the ids the in-process engine would get.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import os
-import socket
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from app import metrics
 from app.config import Settings
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
+from app.engines.fleet import Backend, Connections, choose_backend, prefix_block_hashes, resolve_addresses
+from app.engines.fleet_checks import GENERATE_PATH, PromptLogprobsEndpoint, check_fleet
 
 log = logging.getLogger(__name__)
 
@@ -56,104 +53,11 @@ _NEUTRAL_SAMPLING = {
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 _BACKOFF_BASE_S = 0.25
 _BACKOFF_MAX_S = 4.0
-_COOLDOWN_BASE_S = 0.5  # a failed URL is skipped 1 s, 2 s, 4 s ... (at most 30 s) after each failure
-_COOLDOWN_MAX_S = 30.0
-AFFINITY_BLOCK = 32  # tokens per hashed prefix block (vLLM caches whole blocks; 32 is our block size)
-_AFFINITY_BLOCKS_KEPT = 65536  # per server: about what a few GiB of KV cache hold for a small model
-GENERATE_PATH = "/inference/v1/generate"
 COMPLETIONS_PATH = "/v1/completions"
-PromptLogprobsEndpoint = Literal["generate", "completions"]
 
 
 class RemoteRequestError(RuntimeError):
     """The server refused this request (4xx): the item gets an error, other items go on."""
-
-
-class FleetMismatch(RuntimeError):
-    """The fleet serves another model than the front's tokenizer belongs to: rewards would be wrong."""
-
-
-def prefix_block_hashes(token_ids: list[int], block: int = AFFINITY_BLOCK) -> list[int]:
-    """One hash per whole block of the prompt, each covering every token before it (as vLLM's
-    prefix cache keys its blocks): two prompts share the first k hashes iff they share k blocks."""
-    hashes, previous = [], 0
-    for end in range(block, len(token_ids) + 1, block):
-        previous = hash((previous, tuple(token_ids[end - block : end])))
-        hashes.append(previous)
-    return hashes
-
-
-class _Pool:
-    """One HTTP connection pool to a server; replaced after its lifetime, closed once idle."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.created = time.monotonic()
-        self.in_use = 0
-
-
-@dataclass
-class Backend:
-    url: str
-    source: str = ""  # the configured URL it was resolved from
-    down_until: float = 0.0  # monotonic time before which the URL is skipped
-    failures: int = 0  # consecutive
-    failures_total: int = 0
-    requests_total: int = 0
-    outstanding: int = 0  # requests sent and not answered
-    last_error: str | None = None
-    prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)  # block hashes sent here, LRU
-    pool: _Pool | None = None
-
-    @property
-    def up(self) -> bool:
-        return time.monotonic() >= self.down_until
-
-    def outstanding_gauge(self) -> float:
-        return float(self.outstanding)
-
-    def cooling_gauge(self) -> float:
-        return float(not self.up)
-
-    def mark_failed(self, problem: str) -> None:
-        self.failures += 1
-        self.failures_total += 1
-        self.last_error = problem
-        self.down_until = time.monotonic() + min(_COOLDOWN_BASE_S * 2**self.failures, _COOLDOWN_MAX_S)
-        metrics.REMOTE_SERVER_FAILURES.labels(url=self.url).inc()
-
-    def mark_ok(self) -> None:
-        self.failures, self.down_until = 0, 0.0
-
-    def matched_blocks(self, hashes: list[int]) -> int:
-        """How many leading blocks of a prompt were sent here (and may still be in its cache)."""
-        count = 0
-        for h in hashes:
-            if h not in self.prefixes:
-                break
-            count += 1
-        return count
-
-    def remember(self, hashes: list[int]) -> None:
-        for h in hashes:
-            self.prefixes[h] = None
-            self.prefixes.move_to_end(h)
-        while len(self.prefixes) > _AFFINITY_BLOCKS_KEPT:
-            self.prefixes.popitem(last=False)
-
-    def state(self) -> dict[str, Any]:
-        cooling = max(0.0, self.down_until - time.monotonic())
-        return {
-            "url": self.url,
-            "source": self.source,
-            "outstanding": self.outstanding,
-            "requests": self.requests_total,
-            "failures": self.failures_total,
-            "consecutive_failures": self.failures,
-            "cooling_down": cooling > 0,
-            "cooldown_left_s": round(cooling, 2),
-            "last_error": self.last_error,
-        }
 
 
 class RemoteEngine(Engine):
@@ -192,13 +96,13 @@ class RemoteEngine(Engine):
         self._tokenizer = tokenizer
         self._rotation = 0  # breaks ties between equally loaded servers in turn
         self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._max_concurrency = max_concurrency
-        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-        self._transport = transport
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._connection_lifetime_s = connection_lifetime_s
-        self._retired: set[_Pool] = set()
-        self._closing: set[asyncio.Task] = set()  # retired pools' aclose(), referenced until done
+        self._connections = Connections(
+            httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            {"Authorization": f"Bearer {api_key}"} if api_key else {},
+            max_concurrency,
+            connection_lifetime_s,
+            transport,
+        )
         self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
         self._closed = False
         self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
@@ -217,9 +121,7 @@ class RemoteEngine(Engine):
                 metrics.REMOTE_SERVER_COOLING.labels(url=backend.url).set_function(backend.cooling_gauge)
         for gone in set(known) - set(targets):
             log.info("remote server %s left the fleet", gone)
-            pool = known[gone].pool
-            if pool is not None:
-                self._retire(pool)
+            self._connections.retire(known[gone])
 
     async def refresh_backends(self) -> None:
         """Resolve each configured URL's host again (a headless Service: one address per ready pod)
@@ -254,15 +156,10 @@ class RemoteEngine(Engine):
         api_key = settings.remote_api_key_value()
         front_model = settings.model or BUILTIN_LLM_NAME
         with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {api_key}"} if api_key else {}) as http:
-            cards = discover_models(http, settings.remote_urls, settings.remote_wait_s)
-            model, server_len = choose_model(cards, settings.remote_model, front_model)
-            for url in cards:
-                check_tokenizer(http, url, model, tokenizer, front_model)
-            endpoint = settings.remote_prompt_logprobs
-            if endpoint == "auto":
-                endpoint = (
-                    "generate" if offers_cache_reads(http, next(iter(cards)), model, tokenizer) else "completions"
-                )
+            model, server_len, endpoint = check_fleet(
+                http, settings.remote_urls, settings.remote_wait_s, settings.remote_model, tokenizer, front_model,
+                settings.remote_prompt_logprobs,
+            )  # fmt: skip
         max_model_len = min(settings.max_model_len, server_len or settings.max_model_len)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
         log.info(
@@ -302,78 +199,22 @@ class RemoteEngine(Engine):
     # --- choosing a server
 
     def _pick(self, hashes: list[int], exclude: set[str]) -> Backend:
-        """The least-loaded server not cooling down (and not yet tried by this request), or the one
-        holding the longest prefix of this prompt if it is not too much busier; if every server is
-        cooling down, the one that recovers first."""
-        candidates = [b for b in self.backends if b.up and b.url not in exclude]
-        if not candidates:
-            candidates = [b for b in self.backends if b.url not in exclude] or self.backends
-            return min(candidates, key=lambda b: b.down_until)
-        count = len(candidates)
-        start = self._rotation % count
-        self._rotation += 1
-        ordered = candidates[start:] + candidates[:start]
-        least = min(ordered, key=lambda b: b.outstanding)
-        if self.prefix_affinity and hashes:
-            matched = {b.url: b.matched_blocks(hashes) for b in ordered}
-            best = max(matched.values())
-            if best > min(matched.values()):  # one server holds more of this prompt than another
-                holder = min((b for b in ordered if matched[b.url] == best), key=lambda b: b.outstanding)
-                if holder.outstanding <= least.outstanding + self.affinity_max_imbalance:
-                    return holder
-        return least
-
-    def _client(self, backend: Backend) -> _Pool:
-        """The server's current connection pool, renewed after its lifetime: new connections are new
-        TCP connections (and DNS look-ups), which a Service spreads over its pods."""
-        pool = backend.pool
-        lifetime = self._connection_lifetime_s
-        if pool is not None and lifetime > 0 and time.monotonic() - pool.created > lifetime:
-            self._retire(pool)
-            pool = None
-        if pool is None:
-            pool = backend.pool = _Pool(
-                httpx.AsyncClient(
-                    timeout=self._timeout,
-                    headers=self._headers,
-                    limits=httpx.Limits(
-                        max_connections=self._max_concurrency,
-                        max_keepalive_connections=self._max_concurrency,
-                        keepalive_expiry=lifetime if lifetime > 0 else 5.0,
-                    ),
-                    transport=self._transport,
-                )
-            )
-        return pool
-
-    def _retire(self, pool: _Pool) -> None:
-        for backend in self.backends:
-            if backend.pool is pool:
-                backend.pool = None
-        self._retired.add(pool)
-        self._close_idle_retired()
-
-    def _close_idle_retired(self) -> None:
-        for pool in [p for p in self._retired if p.in_use == 0]:
-            self._retired.discard(pool)
-            task = asyncio.ensure_future(pool.client.aclose())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        turn, self._rotation = self._rotation, self._rotation + 1
+        return choose_backend(
+            self.backends, hashes if self.prefix_affinity else [], exclude, turn, self.affinity_max_imbalance
+        )
 
     # --- sending
 
     async def _send(self, backend: Backend, path: str, payload: dict[str, Any]) -> httpx.Response:
-        pool = self._client(backend)
-        pool.in_use += 1
+        pool = self._connections.acquire(backend)
         backend.outstanding += 1
         backend.requests_total += 1
         try:
             return await pool.client.post(backend.url + path, json=payload)
         finally:
             backend.outstanding -= 1
-            pool.in_use -= 1
-            if pool in self._retired:
-                self._close_idle_retired()
+            self._connections.release(pool)
 
     async def _post(self, path: str, payload: dict[str, Any], token_ids: list[int]) -> dict[str, Any]:
         """POST to one server, retrying on others; waits on the watchdog's verdict beside it."""
@@ -571,27 +412,7 @@ class RemoteEngine(Engine):
         self._closed = True
         if self._resolving is not None:
             self._resolving.cancel()
-        pools = [b.pool for b in self.backends if b.pool is not None] + list(self._retired)
-        for backend in self.backends:
-            backend.pool = None
-        self._retired.clear()
-        await asyncio.gather(*(pool.client.aclose() for pool in pools))
-
-
-async def resolve_addresses(url: str) -> list[str]:
-    """The URL once per address its host resolves to (an IP literal: the URL itself)."""
-    parsed = httpx.URL(url)
-    host = parsed.host
-    try:
-        ipaddress.ip_address(host)
-        return [url]
-    except ValueError:
-        pass
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = sorted({str(info[4][0]) for info in infos})
-    path = parsed.raw_path.decode().rstrip("/")
-    return [f"{parsed.scheme}://{f'[{a}]' if ':' in a else a}:{port}{path}" for a in addresses]
+        await self._connections.close(self.backends)
 
 
 def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> list[float | None]:
@@ -607,127 +428,3 @@ def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> l
         None if position is None or k <= cached else position[str(token_id)]["logprob"]
         for k, (token_id, position) in enumerate(zip(ids, positions))
     ]
-
-
-# --- start-up checks
-
-
-def discover_models(http: httpx.Client, urls: list[str], wait_s: float) -> dict[str, list[dict[str, Any]]]:
-    """Each URL's /v1/models cards, waiting until at least one answers (the fleet may still be
-    loading); a URL that does not answer then is left out (and checked by nothing: give all servers
-    one configuration)."""
-    deadline = time.monotonic() + wait_s
-    problems: dict[str, str] = {}
-    while True:
-        answered: dict[str, list[dict[str, Any]]] = {}
-        for url in urls:
-            try:
-                response = http.get(url.rstrip("/") + "/v1/models")
-                if response.status_code in (401, 403):
-                    raise FleetMismatch(
-                        f"{url} refused the API key (HTTP {response.status_code}): "
-                        "set FLIP_REMOTE_API_KEY or FLIP_REMOTE_API_KEY_FILE to the fleet's key"
-                    )
-                response.raise_for_status()
-                answered[url] = response.json()["data"]
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                problems[url] = f"{type(exc).__name__}: {exc}"
-        if answered:
-            for url in set(urls) - set(answered):
-                log.warning("remote server %s did not answer at start (%s); used unchecked", url, problems.get(url))
-            return answered
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"no remote server answered /v1/models within {wait_s:.0f} s: {problems}")
-        time.sleep(2.0)
-
-
-def _basename(name: str) -> str:
-    return os.path.basename(name.rstrip("/")).lower()
-
-
-def choose_model(
-    cards: dict[str, list[dict[str, Any]]], wanted: str | None, front_model: str
-) -> tuple[str, int | None]:
-    """The served model to request: `wanted` (FLIP_REMOTE_MODEL) if set, else the one whose name or
-    path matches the front's model (FLIP_MODEL's last path part). Every answering server must serve
-    it, and it must be the front's model: otherwise FleetMismatch, naming both."""
-    chosen: str | None = None
-    server_len: int | None = None
-    for url, listed in cards.items():
-        served = {card["id"]: card for card in listed}
-        if wanted is not None:
-            card = served.get(wanted)
-            if card is None:
-                raise FleetMismatch(f"{url} does not serve model {wanted!r}; it serves {sorted(served)}")
-        else:
-            matching = [
-                c for c in listed if _basename(front_model) in {_basename(c["id"]), _basename(c.get("root") or "")}
-            ]
-            if not matching:
-                raise FleetMismatch(
-                    f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
-                    f"{sorted(served)}: set FLIP_MODEL to the fleet's model"
-                )
-            card = matching[0]
-        names = {_basename(card["id"]), _basename(card.get("root") or "")}
-        if _basename(front_model) not in names:
-            raise FleetMismatch(
-                f"the front's tokenizer is {front_model!r} (FLIP_MODEL) but {url} serves "
-                f"{card['id']!r} from {card.get('root')!r}: set FLIP_MODEL to the fleet's model"
-            )
-        if chosen is not None and card["id"] != chosen:
-            raise FleetMismatch(f"the servers serve different models: {chosen!r} and {card['id']!r} ({url})")
-        chosen, server_len = card["id"], card.get("max_model_len")
-    assert chosen is not None
-    return chosen, server_len
-
-
-# Rendered through the chat template: special tokens, whitespace, digits and non-ASCII text, the
-# places two tokenizers of one family most often part.
-_PROBE_MESSAGES = [
-    {"role": "system", "content": "You infer instructions."},
-    {"role": "user", "content": "Explain Rayleigh scattering in 3 sentences, über-précis: 42 µm?\n\n  Indented."},
-]
-
-
-def check_tokenizer(http: httpx.Client, url: str, model: str, tokenizer: Any, front_model: str) -> None:
-    """The server's /tokenize must give the same ids as the front's tokenizer for a probe prompt."""
-    try:
-        text = tokenizer.apply_chat_template(_PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
-    except ValueError:  # no chat template: the plain text still tells two tokenizers apart
-        text = "\n".join(m["content"] for m in _PROBE_MESSAGES)
-    mine = tokenizer.encode(text, add_special_tokens=False)
-    response = http.post(
-        url.rstrip("/") + "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False}
-    )
-    if response.status_code == 404:
-        raise FleetMismatch(
-            f"{url} has no /tokenize: the front cannot check that its tokenizer "
-            f"({front_model!r}) is the fleet's ({model!r})"
-        )
-    response.raise_for_status()
-    theirs = response.json()["tokens"]
-    if theirs != mine:
-        first = next((k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-        raise FleetMismatch(
-            f"the front's tokenizer ({front_model!r}) and {url}'s model ({model!r}) tokenize "
-            f"a probe prompt differently (first at token {first}: {len(mine)} vs {len(theirs)} ids)"
-        )
-
-
-def offers_cache_reads(http: httpx.Client, url: str, model: str, tokenizer: Any) -> bool:
-    """Whether the server has vLLM's /inference/v1/generate and reports cached tokens there."""
-    ids = tokenizer.encode("probe", add_special_tokens=False) or [0]
-    payload = {
-        "model": model,
-        "token_ids": ids,
-        "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False},
-    }
-    try:
-        response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
-    except httpx.HTTPError:
-        return False
-    if response.status_code != 200:
-        return False
-    usage = response.json().get("usage") or {}
-    return (usage.get("prompt_tokens_details") or {}).get("cached_tokens") is not None

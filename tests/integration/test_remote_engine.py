@@ -116,7 +116,8 @@ def test_both_servers_share_the_load_and_show_in_info_and_metrics(fleet, remote_
 
 
 def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
-    from app.engines.openai_remote import FleetMismatch, RemoteEngine
+    from app.engines.fleet_checks import FleetMismatch
+    from app.engines.openai_remote import RemoteEngine
 
     other = resolve_embedding_model(None)  # a local model folder whose tokenizer is not SmolLM2's
     settings = Settings(
@@ -129,7 +130,7 @@ def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
 def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fleet):
     from transformers import AutoTokenizer
 
-    from app.engines.openai_remote import FleetMismatch, check_tokenizer
+    from app.engines.fleet_checks import FleetMismatch, check_tokenizer
 
     bert = AutoTokenizer.from_pretrained(resolve_embedding_model(None))
     bert.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
@@ -141,7 +142,8 @@ def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fle
 
 
 def test_the_fleets_api_key_is_needed_and_sent(fleet):
-    from app.engines.openai_remote import FleetMismatch, RemoteEngine
+    from app.engines.fleet_checks import FleetMismatch
+    from app.engines.openai_remote import RemoteEngine
 
     assert httpx.get(fleet.urls[0] + "/v1/models", timeout=10).status_code == 401
     with pytest.raises(FleetMismatch, match="API key"):

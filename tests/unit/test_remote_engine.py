@@ -16,15 +16,9 @@ from prometheus_client import REGISTRY
 from app.config import Settings
 from app.engines import openai_remote
 from app.engines.base import EngineUnavailable, GenerationParams
-from app.engines.openai_remote import (
-    FleetMismatch,
-    RemoteEngine,
-    RemoteRequestError,
-    check_tokenizer,
-    choose_model,
-    discover_models,
-    prefix_block_hashes,
-)
+from app.engines.fleet import prefix_block_hashes
+from app.engines.fleet_checks import FleetMismatch, check_tokenizer, choose_model, discover_models
+from app.engines.openai_remote import RemoteEngine, RemoteRequestError
 from app.engines.watchdog import watch
 from tests.fakes import WordTokenizer
 
@@ -441,7 +435,7 @@ async def test_a_headless_service_is_one_server_per_pod_and_follows_scaling():
 
 
 async def test_resolve_addresses_of_a_name_and_of_an_ip_literal():
-    from app.engines.openai_remote import resolve_addresses
+    from app.engines.fleet import resolve_addresses
 
     assert await resolve_addresses("http://127.0.0.1:8001") == ["http://127.0.0.1:8001"]
     assert await resolve_addresses("http://localhost:8001/v") in (
