@@ -126,13 +126,6 @@ def response_span(fitted: Fitted) -> tuple[int, int]:
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
 
-def scores_from_cache(engine: Engine) -> bool:
-    """Whether the engine computes only the positions from `scored_from` on when the ones before it
-    are in its prefix cache; an engine that computes every position anyway (a remote server) gets
-    one request per instruction, each computed whole, as before."""
-    return engine.scores_from_prefix_cache
-
-
 class Likelihood:
     def __init__(
         self,
@@ -143,7 +136,7 @@ class Likelihood:
     ) -> None:
         self.fitter = fitter
         self.settings = settings
-        # None: Settings.likelihood_prefill where the engine allows it (scores_from_cache); the
+        # None: Settings.likelihood_prefill where the engine allows it (Engine.scores_from_prefix_cache); the
         # benchmark sets them to compare the ways.
         self.split_prefill = split_prefill
         self.baseline_from_cache = baseline_from_cache
@@ -193,7 +186,7 @@ class Likelihood:
         self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs], options: ScoreOptions
     ) -> list[ItemResult | BaseException]:
         pmi = self.settings.likelihood_baseline == "pmi"
-        cached = scores_from_cache(engine) and self.settings.likelihood_prefill
+        cached = engine.scores_from_prefix_cache and self.settings.likelihood_prefill
         split = cached if self.split_prefill is None else self.split_prefill
         baseline_cached = cached if self.baseline_from_cache is None else self.baseline_from_cache
         started = time.perf_counter()
