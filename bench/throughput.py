@@ -1,7 +1,7 @@
 """Throughput of the service against the naive FLIP pipeline and the raw vLLM engine, in one run.
 
     .venv/bin/python bench/throughput.py [--items 256] [--naive-items 16]
-    .venv/bin/python bench/throughput.py --likelihood-ab [--ab-items 128] [--concurrency 64]
+    .venv/bin/python bench/throughput.py --likelihood-ab [--ab-items 128] [--concurrency 64] [--ab-responses long]
 
 Phases (same machine, same model, same prompts, same settings):
   raw     the service's own scoring (app/scoring: copy guard, prepare, run) on the in-process engine,
@@ -45,6 +45,10 @@ SAMPLES = ROOT / "data" / "samples"
 RESULTS = ROOT / "bench" / "results"
 SEED = 0
 MAX_RESPONSE_CHARS = 2000  # keeps one run within minutes on 2 CPU cores; both sides see the same items
+# --ab-responses long: the long outputs FLIP is meant for (Auto-J answers mostly), still within the
+# model's 2,048-token context after the prompt
+LONG_RESPONSE_CHARS = (1200, 6000)
+WARM_UP = 16  # items per arm scored before any is measured: the engine's first batches of a shape are slow
 QUEUE_BOUND = 256
 BURST = 2000
 
@@ -52,8 +56,9 @@ BURST = 2000
 # --- workload
 
 
-def load_pairs() -> list[dict]:
-    """Real (instruction, response) pairs: Self-Instruct reference answers and both Auto-J answers."""
+def load_pairs(response_chars: tuple[int, int] = (1, MAX_RESPONSE_CHARS)) -> list[dict]:
+    """Real (instruction, response) pairs: Self-Instruct reference answers and both Auto-J answers,
+    with a response of `response_chars` (least, most) characters."""
     if EVAL.exists():
         files = [EVAL / "selfinstruct_reconstruction.jsonl", EVAL / "autoj_pairwise.jsonl"]
     else:
@@ -67,7 +72,11 @@ def load_pairs() -> list[dict]:
             else:
                 pairs += [{"prompt": row["prompt"], "response": row[k]} for k in ("chosen", "rejected")]
     pairs = [
-        p for p in pairs if p["prompt"].strip() and p["response"].strip() and len(p["response"]) <= MAX_RESPONSE_CHARS
+        p
+        for p in pairs
+        if p["prompt"].strip()
+        and p["response"].strip()
+        and response_chars[0] <= len(p["response"]) <= response_chars[1]
     ]
     random.Random(SEED).shuffle(pairs)
     return [{"id": str(i), **p} for i, p in enumerate(pairs)]
@@ -188,7 +197,9 @@ ARM_LABELS = {
 }
 
 
-def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int = 64) -> dict:
+def run_likelihood_ab(
+    items: list[dict], concurrency: int = 64, round_items: int = 64, arms: tuple[str, ...] = tuple(LIKELIHOOD_ARMS)
+) -> dict:
     """The likelihood method before (every instruction in one request, the real one from the response
     on) and after (the response prefilled without logprobs, the instructions scored from the prefix
     cache), on one engine: rounds of `round_items` items, each scored by both arms as `concurrency`
@@ -203,14 +214,13 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
     async def main() -> dict:
         engine, _ = await asyncio.to_thread(_start_engine, settings)
         counter = LogprobCounter(engine)
-        scorers = {arm: Scorer(counter, None, settings, *ways) for arm, ways in LIKELIHOOD_ARMS.items()}
-        totals = {
-            arm: {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "rewards": [], "rounds": []} for arm in scorers
-        }
+        scorers = {arm: Scorer(counter, None, settings, *LIKELIHOOD_ARMS[arm]) for arm in arms}
+        empty = {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "prompt_tokens": 0}
+        totals = {arm: {**empty, "rewards": [], "rounds": []} for arm in scorers}
         try:
             for scorer in scorers.values():  # warm-up, not measured
-                await _singles_in_process(scorer, items[-4:], options, 4)
-            rounds = [items[k : k + round_items] for k in range(0, len(items) - 4, round_items)]
+                await _singles_in_process(scorer, items[-WARM_UP:], options, WARM_UP)
+            rounds = [items[k : k + round_items] for k in range(0, len(items) - WARM_UP, round_items)]
             for r, chunk in enumerate(rounds):
                 for arm in list(scorers) if r % 2 == 0 else list(scorers)[::-1]:  # ABC CBA: drift hits all
                     await engine._llm.reset_prefix_cache()
@@ -222,6 +232,7 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
                     t["logprob_positions"] += counter.logprob_positions - positions
                     t["requests"] += counter.requests - requests
                     t["rewards"] += [res.reward for res in results]
+                    t["prompt_tokens"] += sum(res.prompt_tokens or 0 for res in results)
                     print(f"round {r} {arm}: {len(chunk)} items in {seconds:.1f} s", file=sys.stderr, flush=True)
         finally:
             await engine.shutdown()
@@ -234,6 +245,7 @@ def run_likelihood_ab(items: list[dict], concurrency: int = 64, round_items: int
                 "rewards_per_s": n / t["seconds"],
                 "logprob_tokens_per_reward": t["logprob_positions"] / n,
                 "engine_requests_per_reward": t["requests"] / n,
+                "prompt_tokens_per_item": t["prompt_tokens"] / n,  # the real instruction's prompt
                 "rounds": t["rounds"],
             }
         for arm in scorers:
@@ -254,6 +266,8 @@ def likelihood_ab_table(ab: dict) -> str:
     )
     lines = [header, "-" * len(header)]
     for arm, label in ARM_LABELS.items():
+        if arm not in ab:
+            continue
         r = ab[arm]
         per_round = " ".join(f"{x['seconds']:.0f}" for x in r["rounds"])
         lines.append(
@@ -263,7 +277,8 @@ def likelihood_ab_table(ab: dict) -> str:
         )
     lines.append(
         f"({ab['rounds']} rounds of {ab['items'] // ab['rounds']} items, the arms' order reversed each round; "
-        "the prefix cache emptied before each arm)"
+        f"the prefix cache emptied before each arm; responses: {ab.get('responses', 'all')}, "
+        f"{ab['before']['prompt_tokens_per_item']:.0f} prompt tokens per item)"
     )
     return "\n".join(lines)
 
@@ -518,14 +533,20 @@ def run_burst_only(method: str | None) -> None:
 
 
 def run_likelihood_ab_only(args: argparse.Namespace) -> None:
-    pairs = load_pairs()
-    items = take(pairs, 0, args.ab_items + 4)  # the last 4: the warm-up
+    pairs = load_pairs(LONG_RESPONSE_CHARS if args.ab_responses == "long" else (1, MAX_RESPONSE_CHARS))
+    items = take(pairs, 0, args.ab_items + WARM_UP)  # the last WARM_UP: the warm-up
     print(
-        f"likelihood before/after: {args.ab_items} items, {args.concurrency} concurrent singles, "
-        f"rounds of {args.round_items}",
+        f"likelihood before/after: {args.ab_items} items ({args.ab_responses} responses, {len(pairs)} to draw from), "
+        f"{args.concurrency} concurrent singles, rounds of {args.round_items}",
         flush=True,
     )
-    ab = in_subprocess("likelihood_ab", items, concurrency=args.concurrency, round_items=args.round_items)
+    arms = tuple(args.ab_arms.split(","))
+    if "before" not in arms or not set(arms) <= set(LIKELIHOOD_ARMS):
+        raise SystemExit(f"--ab-arms: 'before' and any of {', '.join(LIKELIHOOD_ARMS)}, comma-separated")
+    ab = in_subprocess(
+        "likelihood_ab", items, concurrency=args.concurrency, round_items=args.round_items, arms=list(arms)
+    )
+    ab["responses"] = args.ab_responses
     table = likelihood_ab_table(ab)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -569,6 +590,18 @@ def main() -> None:
     )
     parser.add_argument("--ab-items", type=int, default=128, help="items each likelihood arm scores")
     parser.add_argument("--round-items", type=int, default=64, help="items per interleaved likelihood round")
+    parser.add_argument(
+        "--ab-arms",
+        default=",".join(LIKELIHOOD_ARMS),
+        help="the likelihood ways to compare, comma-separated (before is the reference)",
+    )
+    parser.add_argument(
+        "--ab-responses",
+        choices=["all", "long"],
+        default="all",
+        help=f"the likelihood rounds' items: all pairs (responses up to {MAX_RESPONSE_CHARS} characters) or only "
+        f"long responses ({LONG_RESPONSE_CHARS[0]}-{LONG_RESPONSE_CHARS[1]} characters)",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent singles in the likelihood rounds")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -608,7 +641,7 @@ def main() -> None:
     results["raw_engine"] = in_subprocess("raw", sets["c64"])
     if settings.method == "likelihood":
         print("likelihood before/after (in process, 64 concurrent singles) ...", flush=True)
-        results["likelihood_ab"] = in_subprocess("likelihood_ab", sets["c64"] + take(pairs, 6 * n, 4))
+        results["likelihood_ab"] = in_subprocess("likelihood_ab", sets["c64"] + take(pairs, 6 * n, WARM_UP))
     server = Server(RESULTS / "server.log")
     try:
         server.wait_ready()
