@@ -87,8 +87,8 @@ def test_lock_files_pin_one_engine_each_with_its_torch():
     assert cpu["torch"].endswith("+cpu")
     assert "+" not in gpu["torch"], "the GPU lock must not hold a local (+cpu) torch build"
     assert "flip-reward" not in cpu and "flip-reward" not in gpu
-    # Every direct dependency of the package and of its service is pinned in both.
-    for requirement in PYPROJECT["project"]["dependencies"] + EXTRAS["server"]:
+    # Every direct dependency setup.sh installs (the package, its service, tests, eval) is pinned in both.
+    for requirement in PYPROJECT["project"]["dependencies"] + EXTRAS["server"] + EXTRAS["test"] + EXTRAS["eval"]:
         name = canonicalize_name(Requirement(requirement).name)
         assert name in cpu and name in gpu, name
 
