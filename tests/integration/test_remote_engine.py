@@ -47,11 +47,37 @@ def _front_args(fleet, *extra: str) -> list[str]:
     return ["--engine", "remote", "--remote-urls", ",".join(fleet.urls), "--remote-api-key", fleet.api_key, *extra]
 
 
+# The front as a `[server]` install (no engine extra) runs it: vLLM is not importable there, so every
+# test through this front also shows that remote mode needs none.
+NO_VLLM = """
+import importlib.abc, sys
+
+class NoVllm(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "vllm" or name.startswith("vllm."):
+            print(f"sitecustomize: blocked an import of {name}", file=sys.stderr, flush=True)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoVllm())
+print("sitecustomize: vllm is not importable in this process", file=sys.stderr, flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def remote_front(fleet, tmp_path_factory):
-    running = start_server(tmp_path_factory.mktemp("front"), _front_args(fleet))
+    site = tmp_path_factory.mktemp("no-vllm")
+    (site / "sitecustomize.py").write_text(NO_VLLM)
+    running = start_server(tmp_path_factory.mktemp("front"), _front_args(fleet), env={"PYTHONPATH": str(site)})
     yield running
     stop_server(running)
+
+
+def test_the_front_runs_without_vllm(remote_front):
+    with remote_front.client() as http:
+        body = http.post("/batch_reward", json={"items": _pairs(2)}).json()
+    assert all(isinstance(r, float) for r in body["rewards"]), body
+    log = remote_front.log_path.read_text()
+    assert "vllm is not importable in this process" in log and "blocked an import" not in log
 
 
 @pytest.fixture(scope="module")
