@@ -101,12 +101,12 @@ class Settings(BaseSettings):
         "costs a prefill of the instruction only (the response's is reused from vLLM's prefix cache).",
     )
     likelihood_prefill: bool = Field(
-        False,
+        True,
         description="likelihood, in-process engine: prefill the response without logprobs, then score the "
         "instructions (and the PMI baseline after its shared head) from the prefix cache, so logits are "
-        "computed for scored tokens only (about 38% fewer). Same rewards; one more engine request per item. "
-        "Measured 0.72x and 1.03x rewards/s on 2 CPU cores with the built-in model (bench/throughput.py "
-        "--likelihood-ab), so off; meant for large vocabularies on GPUs, where it is not measured yet.",
+        "computed for scored tokens only (about 37% fewer). Same rewards; one more engine request per item; "
+        "the response's fluency is read only for keyword-stuffing candidates. false: one request per "
+        "instruction, the real one with logprobs over the whole response.",
     )
     max_instruction_tokens: int = Field(
         256, ge=8, description="Instruction tokens scored by likelihood (the rest cut)."
@@ -346,6 +346,7 @@ SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     "scoring": (
         "method",
         "likelihood_distractors",
+        "likelihood_prefill",
         "likelihood_scale",
         "max_instruction_tokens",
         "copy_guard",
@@ -383,7 +384,6 @@ SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "experimental": (
         "likelihood_baseline",
-        "likelihood_prefill",
         "structured_output",
     ),
 }

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--items 256] [--naive-items 16]
     .venv/bin/python bench/throughput.py --likelihood-ab [--ab-items 128] [--concurrency 64] [--ab-responses long]
+        [--ab-arms before,after]
 
 Phases (same machine, same model, same prompts, same settings):
   raw     the service's own scoring (app/scoring: copy guard, prepare, run) on the in-process engine,
@@ -48,7 +49,9 @@ MAX_RESPONSE_CHARS = 2000  # keeps one run within minutes on 2 CPU cores; both s
 # --ab-responses long: the long outputs FLIP is meant for (Auto-J answers mostly), still within the
 # model's 2,048-token context after the prompt
 LONG_RESPONSE_CHARS = (1200, 6000)
-WARM_UP = 16  # items per arm scored before any is measured: the engine's first batches of a shape are slow
+# Items each arm scores, as concurrent singles, before any is measured: the engine's first batches of
+# each shape are slow (a 16-item warm-up left the first measured arm 1.5x slower in its first round).
+WARM_UP = 64
 QUEUE_BOUND = 256
 BURST = 2000
 
@@ -219,7 +222,7 @@ def run_likelihood_ab(
         totals = {arm: {**empty, "rewards": [], "rounds": []} for arm in scorers}
         try:
             for scorer in scorers.values():  # warm-up, not measured
-                await _singles_in_process(scorer, items[-WARM_UP:], options, WARM_UP)
+                await _singles_in_process(scorer, items[-WARM_UP:], options, min(WARM_UP, concurrency))
             rounds = [items[k : k + round_items] for k in range(0, len(items) - WARM_UP, round_items)]
             for r, chunk in enumerate(rounds):
                 for arm in list(scorers) if r % 2 == 0 else list(scorers)[::-1]:  # ABC CBA: drift hits all

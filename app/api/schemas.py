@@ -175,8 +175,8 @@ class Likelihood(BaseModel):
     response_fluency: float | None = Field(
         None,
         description="Mean log-probability per response token as the model reads it (the stuffing guard's "
-        "input); with FLIP_LIKELIHOOD_PREFILL on, computed only for a response that is mostly the instruction's "
-        "words (a stuffing candidate).",
+        "input); with FLIP_LIKELIHOOD_PREFILL (the default, in-process engine), computed only for a response that "
+        "is mostly the instruction's words (a stuffing candidate), null otherwise.",
     )
     distractor_score: float | None = Field(
         None, description="The mean score (pmi) of the unrelated instructions after the same response."

@@ -50,7 +50,8 @@ def test_likelihood_on_real_engine_and_restatement_guard(http):
     assert copied["copied_fraction"] == 1.0 and copied["reward"] == 0.0 and copied["error"] is None
     framed = http.post("/reward", json={**item, "response": "Sure! Here is my answer: " + item["prompt"]}).json()
     assert framed["copied_fraction"] > 0.5 and framed["reward"] is not None
-    assert framed["likelihood"]["response_fluency"] is not None  # FLIP_LIKELIHOOD_PREFILL off: always read
+    # FLIP_LIKELIHOOD_PREFILL (the default): the fluency is read only for a keyword-stuffing candidate
+    assert framed["likelihood"]["response_fluency"] is None and not framed["likelihood"]["keyword_stuffing"]
     instruction = "Write a short poem about the autumn rain in the city"
     stuffed = http.post(
         "/reward", json={"prompt": instruction, "response": "city rain autumn poem short write " * 3, "distractors": 0}
