@@ -70,12 +70,17 @@ def start_server(tmp_dir: Path, extra_args: list[str] = (), env: dict[str, str] 
     raise RuntimeError(f"server not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
 
 
-def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM (the drain a deployment sends), then SIGKILL after a minute."""
+    process.terminate()
     try:
-        server.process.wait(timeout=60)
+        process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        server.process.kill()
+        process.kill()
+
+
+def stop_server(server: RunningServer) -> None:
+    terminate(server.process)
 
 
 @pytest.fixture(scope="session")
@@ -162,11 +167,7 @@ def wait_vllm_serve(server: VllmServer, api_key: str | None = None) -> None:
 def stop_vllm_serve(server: VllmServer) -> None:
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGCONT)  # a test may have stopped it
-        server.process.terminate()
-    try:
-        server.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    terminate(server.process)
 
 
 @pytest.fixture(scope="session")
