@@ -220,7 +220,7 @@ class RewardResult(BaseModel):
     code: ItemErrorCode | None = Field(
         None,
         description="Machine-readable kind of `error`: empty_instruction, context_overflow, engine_error, "
-        "no_output, judge_no_score, unreadable_sample.",
+        "unreadable_logprobs, no_output, judge_no_score, unreadable_sample.",
     )
     raw_output: str | None = Field(None, description="The model's output (with details=true).")
 

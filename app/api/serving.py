@@ -116,6 +116,7 @@ def record_results(results: Sequence[ItemResult], method: str, route: str) -> No
 _TRAINER_STATUS = {
     "engine_error": (503, {"Retry-After": "5"}),
     "no_output": (502, None),
+    "unreadable_logprobs": (502, None),
     "judge_no_score": (502, None),
     "context_overflow": (413, None),
     "empty_instruction": (422, None),

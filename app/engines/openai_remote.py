@@ -37,6 +37,7 @@ from app.config import Settings
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
 from app.engines.fleet import Backend, Connections, choose_backend, prefix_block_hashes, resolve_addresses
 from app.engines.fleet_checks import GENERATE_PATH, PromptLogprobsEndpoint, check_fleet
+from app.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, remote_logprob
 
 log = logging.getLogger(__name__)
 
@@ -322,29 +323,28 @@ class RemoteEngine(Engine):
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         if self.prompt_logprobs_endpoint == "completions":
             return await self._completion_prompt_logprobs(prompt_token_ids)
-        # As in process (vllm_local): read the prefix cache when only a tail is needed; positions
-        # served from the cache have no logprob, so a prompt found cached into the tail runs again.
-        # A request preempted and resumed finds more of its prompt cached than it reported, and those
-        # slots are unwritten too (no entry for the prompt token): it also runs again without the cache.
-        use_cache = scored_from > 1
-        try:
-            logprobs, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=use_cache)
-        except RemoteRequestError as exc:
-            # vLLM serializes the unwritten slots too; NaN garbage there makes it answer 400 ("Out of
-            # range float values are not JSON compliant"). Without the cache every slot is written.
-            if not (use_cache and "JSON compliant" in str(exc)):
-                raise
-            logprobs, cached = None, scored_from
-        if use_cache and (cached >= scored_from or logprobs is None):
-            logprobs, _ = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=False)
-        if logprobs is None:
-            raise RemoteRequestError(f"{GENERATE_PATH} returned prompt logprobs that do not match the prompt")
-        return logprobs
+        # As in process (vllm_local): read the prefix cache when only a tail is needed, and run the
+        # request again without it when the cache reached into the tail or the reply cannot be
+        # aligned to the prompt (app/engines/prompt_logprobs.py: either runner's layout).
+        if scored_from > 1:
+            try:
+                positions, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=True)
+            except RemoteRequestError as exc:
+                # The V1 runner's unwritten slots of cached positions may hold NaN, which vLLM then
+                # refuses to serialize (400 "Out of range float values are not JSON compliant").
+                if "JSON compliant" not in str(exc):
+                    raise
+            else:
+                if cached < scored_from:
+                    try:
+                        return read_logprobs(prompt_token_ids, positions, cached)
+                    except UnreadablePromptLogprobs as exc:
+                        log.info("prompt logprobs read from the cache were unreadable (%s); once more without it", exc)
+        positions, cached = await self._generate_prompt_logprobs(prompt_token_ids, read_cache=False)
+        return read_logprobs(prompt_token_ids, positions, cached)
 
-    async def _generate_prompt_logprobs(
-        self, ids: list[int], read_cache: bool
-    ) -> tuple[list[float | None] | None, int]:
-        """The prompt logprobs (None where they do not match the prompt) and the cached-token count."""
+    async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[Any, int]:
+        """The reply's prompt_logprobs list, as sent, and the cached-token count."""
         payload = {
             "model": self.model_name,
             "token_ids": ids,
@@ -362,23 +362,17 @@ class RemoteEngine(Engine):
             raise RemoteRequestError(
                 f"{GENERATE_PATH} gave no cached-token count (start vllm serve with --enable-prompt-tokens-details)"
             )
-        try:
-            return read_logprobs(ids, body.get("prompt_logprobs"), cached), cached
-        except KeyError:
-            return None, cached
+        return body.get("prompt_logprobs"), cached
 
     async def _completion_prompt_logprobs(self, ids: list[int]) -> list[float | None]:
         # vLLM's extra parameter `prompt_logprobs`: 0 gives the logprob of the actual token at
-        # every position (this endpoint never reads the prefix cache for such requests).
+        # every position (vLLM skips the prefix cache for such requests unless told otherwise:
+        # vllm/sampling_params.py, `skip_reading_prefix_cache`); a server that reports a cache hit
+        # anyway is read by its count.
         payload = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
         body = await self._post(COMPLETIONS_PATH, payload, ids)
-        self._count_usage(body)
-        try:
-            return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), 0)
-        except KeyError as exc:
-            raise RemoteRequestError(
-                f"{COMPLETIONS_PATH} returned prompt logprobs that do not match the prompt"
-            ) from exc
+        cached = self._count_usage(body) or 0
+        return read_logprobs(ids, body["choices"][0].get("prompt_logprobs"), cached)
 
     def is_healthy(self) -> bool:
         """Ready while some server is not cooling down after failures."""
@@ -416,15 +410,9 @@ class RemoteEngine(Engine):
 
 
 def read_logprobs(ids: list[int], positions: list[Any] | None, cached: int) -> list[float | None]:
-    """Each prompt token's logprob from a prompt_logprobs list (JSON: token ids as strings), None for
-    the first and for positions served from the prefix cache (position k needs the hidden state at
-    k - 1; vLLM leaves the slots of cached positions unwritten). KeyError where a position lacks its
-    prompt token (an unwritten slot past `cached`)."""
+    """Each prompt token's logprob from a JSON prompt_logprobs list (token ids as strings), None for
+    the positions the server computed none for; either runner's layout
+    (app/engines/prompt_logprobs.py). UnreadablePromptLogprobs where it cannot be aligned."""
     if positions is None:
         raise RemoteRequestError("the remote server does not return prompt_logprobs")
-    if len(positions) != len(ids):
-        raise KeyError(f"{len(positions)} positions for {len(ids)} prompt tokens")
-    return [
-        None if position is None or k <= cached else position[str(token_id)]["logprob"]
-        for k, (token_id, position) in enumerate(zip(ids, positions))
-    ]
+    return align_prompt_logprobs(ids, positions, cached, remote_logprob)

@@ -12,6 +12,7 @@ from typing import Any
 from app import metrics
 from app.config import Settings
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
+from app.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, local_logprob
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,10 @@ def prompt_logprob_params(read_cache: bool) -> Any:
 
 
 def read_prompt_logprobs(out: Any) -> list[float | None]:
-    """Each prompt token's logprob from a RequestOutput, None where there is none: position k needs
-    the hidden state at k - 1, and positions served from the prefix cache have their slots left
-    unwritten."""
-    cached = out.num_cached_tokens or 0
-    return [
-        None if position is None or k <= cached else position[token_id].logprob
-        for k, (token_id, position) in enumerate(zip(out.prompt_token_ids, out.prompt_logprobs))
-    ]
+    """Each prompt token's logprob from a RequestOutput, None where the engine computed none (the
+    first position, and those served from the prefix cache), whichever runner laid the list out
+    (app/engines/prompt_logprobs.py). UnreadablePromptLogprobs where it cannot be aligned."""
+    return align_prompt_logprobs(out.prompt_token_ids, out.prompt_logprobs, out.num_cached_tokens or 0, local_logprob)
 
 
 def cache_reached(out: Any, scored_from: int) -> bool:
@@ -228,20 +225,16 @@ class VLLMEngine(Engine):
         )
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
-        use_cache = scored_from > 1
-        out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=use_cache))
-        if use_cache and cache_reached(out, scored_from):  # once more, computing every position
-            out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
-        try:
-            return read_prompt_logprobs(out)
-        except KeyError:
-            # Preempted and resumed, the request found more of its prompt cached than it reports:
-            # those slots are unwritten too. Once more, computing every position.
-            if not use_cache:
-                raise
-            return read_prompt_logprobs(
-                await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False))
-            )
+        if scored_from > 1:  # only a tail is scored: read the prefix cache for the rest
+            out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=True))
+            if not cache_reached(out, scored_from):
+                try:
+                    return read_prompt_logprobs(out)
+                except UnreadablePromptLogprobs as exc:
+                    log.info("prompt logprobs read from the cache were unreadable (%s); once more without it", exc)
+        # Every position computed: no cached slots, one layout on every runner. Unreadable even so,
+        # the item fails with its code.
+        return read_prompt_logprobs(await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False)))
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

@@ -22,6 +22,7 @@ ItemErrorCode = Literal[
     "empty_instruction",  # the instruction has no tokens
     "context_overflow",  # the prompt does not fit the model's context even without the response
     "engine_error",  # the engine failed on this item (a dead engine fails the whole request: 503)
+    "unreadable_logprobs",  # likelihood: the engine's prompt logprobs could not be aligned to the prompt
     "no_output",  # generate: the model produced no instruction to compare
     "judge_no_score",  # judge: the model gave no 1-10 score
     "unreadable_sample",  # a trainer route could not read (instruction, response) from the sample

@@ -24,6 +24,7 @@ from app import metrics
 from app.config import Settings
 from app.embeddings.encoder import Embedder
 from app.engines.base import Engine
+from app.engines.prompt_logprobs import UnreadablePromptLogprobs
 from app.scoring import guards
 from app.scoring.fitting import PromptFitter
 from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
@@ -131,7 +132,10 @@ class Scorer:
         for i, out in zip(todo, outputs):
             if isinstance(out, BaseException):
                 log.warning("engine failed on item %d: %r", i, out)
-                results[i].error, results[i].code = f"engine error: {type(out).__name__}", "engine_error"
+                if isinstance(out, UnreadablePromptLogprobs):  # never a shifted score: the item fails
+                    results[i].error, results[i].code = f"engine error: {out}", "unreadable_logprobs"
+                else:
+                    results[i].error, results[i].code = f"engine error: {type(out).__name__}", "engine_error"
             else:
                 results[i] = out
         return results

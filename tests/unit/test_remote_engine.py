@@ -19,6 +19,7 @@ from app.engines.base import EngineUnavailable, GenerationParams
 from app.engines.fleet import prefix_block_hashes
 from app.engines.fleet_checks import FleetMismatch, check_tokenizer, choose_model, discover_models
 from app.engines.openai_remote import RemoteEngine, RemoteRequestError
+from app.engines.prompt_logprobs import UnreadablePromptLogprobs
 from app.engines.watchdog import watch
 from tests.fakes import WordTokenizer
 
@@ -502,8 +503,45 @@ async def test_unwritten_slots_past_the_reported_cache_run_again_without_it():
     assert await remote.prompt_logprobs(ids, scored_from=6) == [None] + [-float(k) for k in range(1, 10)]
     assert json.loads(script.requests[1].content)["sampling_params"]["skip_reading_prefix_cache"] is True
     short = Script({"a": [(200, {**generated(ids, cached=0), "prompt_logprobs": [None] * 3})]})
-    with pytest.raises(RemoteRequestError, match="do not match the prompt"):
+    with pytest.raises(UnreadablePromptLogprobs, match="3 prompt logprob entries for 10"):
         await engine(short, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids)
+
+
+def generated_v2(ids: list[int], cached: int) -> dict:
+    """The same answer from a server on vLLM's V2 model runner (CUDA's default): entries only for
+    the positions it computed, after the leading None (vllm/v1/worker/gpu/sample/prompt_logprob.py,
+    compute_prompt_logprobs; tests/vllm_shapes.py builds the in-process equivalent)."""
+    body = generated(ids, cached)
+    body["prompt_logprobs"] = [None] + body["prompt_logprobs"][cached + 1 :]
+    return body
+
+
+async def test_v2_runner_replies_are_read_end_aligned_on_both_endpoints():
+    ids = list(range(10, 20))
+    script = Script({"a": [(200, generated_v2(ids, cached=4))]})
+    remote = engine(script, urls=["http://a"], prompt_logprobs_endpoint="generate")
+    assert await remote.prompt_logprobs(ids, scored_from=6) == [None] * 5 + [-5.0, -6.0, -7.0, -8.0, -9.0]
+    assert len(script.requests) == 1  # read from the cache, nothing run again
+    # /v1/completions: a server that reports a cache hit is read by its count
+    body = completion()
+    body["choices"][0]["prompt_logprobs"] = generated_v2(ids, cached=4)["prompt_logprobs"]
+    body["usage"] = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4}}
+    script = Script({"a": [(200, body)]})
+    assert await engine(script, urls=["http://a"]).prompt_logprobs(ids) == [None] * 5 + [-5.0, -6.0, -7.0, -8.0, -9.0]
+
+
+async def test_v2_reply_with_more_cached_than_reported_runs_again_then_fails_the_item():
+    """Resumed after preemption, a V2 server returns fewer entries than its reported hit implies."""
+    ids = list(range(10, 20))
+    resumed = generated_v2(ids, cached=4)
+    resumed["prompt_logprobs"] = [None] + resumed["prompt_logprobs"][3:]  # rows from position 7 on
+    script = Script({"a": [(200, resumed), (200, generated_v2(ids, cached=0))]})
+    remote = engine(script, urls=["http://a"], prompt_logprobs_endpoint="generate")
+    assert await remote.prompt_logprobs(ids, scored_from=6) == [None] + [-float(k) for k in range(1, 10)]
+    assert json.loads(script.requests[1].content)["sampling_params"]["skip_reading_prefix_cache"] is True
+    twice = Script({"a": [(200, resumed), (200, resumed)]})
+    with pytest.raises(UnreadablePromptLogprobs):
+        await engine(twice, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids, 6)
 
 
 async def test_garbage_in_cached_slots_that_vllm_cannot_serialize_runs_again_without_the_cache():
