@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The first check on a GPU box, in one call and one log (about 10 minutes at most, no network needed):
 # the install (driver, CUDA, torch, torchvision, one vLLM), the service's start to /ready with the GPU
-# defaults (CUDA graphs, spawn), one reward per method, a drain on SIGTERM, and the throughput
-# benchmark's short run. Needs the GPU install first (./scripts/setup.sh --gpu, or the GPU image).
+# defaults (CUDA graphs, spawn; /info names vLLM's model runner), one reward per method, a drain on
+# SIGTERM, reward parity with a CPU reference on the same weights (bench/parity.py), and the
+# throughput benchmark's short run. Needs the GPU install first (./scripts/setup.sh --gpu, or the GPU image).
 #
 #   ./scripts/gpu_smoke.sh                 # log: smoke-<time>.log (or $FLIP_SMOKE_LOG)
 #   ./scripts/gpu_smoke.sh --cpu           # the same path on the CPU install (no GPU checks)
@@ -120,6 +121,29 @@ if { [ $rc = 0 ] || [ $rc = 143 ]; } && grep -q "Application shutdown complete" 
   ok "drained and exited ($rc) after $((SECONDS - stopped)) s"
 else
   bad "exit $rc after $((SECONDS - stopped)) s"
+fi
+
+step "parity: the same items and weights as the reference machine, per method (bench/parity.py)"
+# Default: a seeded random-weight model of the built-in shape (no hub, no weights to carry), against
+# the committed CPU reference for it. Another model: FLIP_PARITY_MODEL, and FLIP_PARITY_REFERENCE =
+# the file `bench/parity.py run` wrote for it on the other machine (unset: scores only).
+PARITY_OUT="bench/results/parity-$DEVICE.json"
+mkdir -p bench/results
+if [ -n "${FLIP_PARITY_MODEL:-}" ]; then
+  PARITY_MODEL="$FLIP_PARITY_MODEL"
+  PARITY_REF="${FLIP_PARITY_REFERENCE:-}"
+else
+  PARITY_MODEL="${TMPDIR:-/tmp}/flip-parity-model-seed0"
+  PARITY_REF="${FLIP_PARITY_REFERENCE:-bench/parity/cpu-smollm2-135m-rand-seed0.json}"
+  # FLIP_PARITY_LIKE: a folder with the built-in model's config and tokenizer, where it is not prepared
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/make_random_model.py "$PARITY_MODEL" --seed 0 \
+    ${FLIP_PARITY_LIKE:+--like "$FLIP_PARITY_LIKE"} || bad "make_random_model.py"
+fi
+if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "${FLIP_SMOKE_PARITY_TIMEOUT:-900}" "$PY" bench/parity.py run \
+    --model "$PARITY_MODEL" --out "$PARITY_OUT" ${PARITY_REF:+--reference "$PARITY_REF"}; then
+  ok "parity${PARITY_REF:+ with $PARITY_REF}: every likelihood reward within tolerance"
+else
+  bad "parity (above)"
 fi
 
 step "throughput benchmark, short run: bench/throughput.py $BENCH_ARGS"

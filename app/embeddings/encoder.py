@@ -36,6 +36,8 @@ class Embedder:
 
         self.model_path = model_path
         self.model_name = model_name or model_path
+        # On `cuda` the model runs in float32 as on the CPU (sentence-transformers keeps the saved
+        # dtype): the same normalised vectors up to float rounding, the same numpy output.
         self._model = SentenceTransformer(model_path, device=device, local_files_only=True)
         self._lock = threading.Lock()  # one encode at a time (the CLI may call encode directly)
         self._max_batch_size = max_batch_size

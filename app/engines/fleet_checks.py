@@ -143,6 +143,52 @@ def offers_cache_reads(http: httpx.Client, url: str, model: str, tokenizer: Any)
     return (usage.get("prompt_tokens_details") or {}).get("cached_tokens") is not None
 
 
+# Long enough to fill whole KV blocks (16 tokens on GPUs, 32 or more on vLLM-CPU) several times.
+_RUNNER_PROBE = " ".join(["The quick brown fox jumps over the lazy dog near the quiet river bank."] * 12)
+
+
+def probe_runtime(http: httpx.Client, url: str, model: str, tokenizer: Any) -> dict[str, Any]:
+    """What can be learnt of a server's vLLM from outside: its version (/version) and which model
+    runner lays out its prompt logprobs. The same probe is sent again through the cache-reading
+    endpoint until it is found cached: the V1 runner then returns an entry per prompt position
+    (its unwritten rows may even hold NaN, which vLLM refuses to serialize: a 400, skipped), the V2
+    runner only the positions it computed (app/engines/prompt_logprobs.py). Unknown stays None
+    (a Service spreading the probes over pods, no prefix cache): the engine reads either layout."""
+    from app.engines.prompt_logprobs import layout
+
+    info: dict[str, Any] = {"vllm_version": None, "model_runner": None}
+    try:
+        info["vllm_version"] = http.get(url.rstrip("/") + "/version").json().get("version")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        pass
+    ids = tokenizer.encode(_RUNNER_PROBE, add_special_tokens=False)
+    payload = {
+        "model": model,
+        "token_ids": ids,
+        "sampling_params": {
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,
+            "detokenize": False,
+            "skip_reading_prefix_cache": False,
+        },
+    }
+    for _ in range(4):  # the first fills the cache; a reply whose garbage vLLM cannot serialize is skipped
+        try:
+            response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
+        except httpx.HTTPError:
+            return info
+        if response.status_code != 200:
+            continue
+        body = response.json()
+        cached = ((body.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        if cached:
+            found = layout(len(ids), len(body.get("prompt_logprobs") or []), cached)
+            info["model_runner"] = {"full": "V1", "tail": "V2"}.get(found or "")
+            break
+    return info
+
+
 def check_fleet(
     http: httpx.Client,
     urls: list[str],

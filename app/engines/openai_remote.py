@@ -36,7 +36,7 @@ from app import metrics
 from app.config import Settings
 from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
 from app.engines.fleet import Backend, Connections, choose_backend, prefix_block_hashes, resolve_addresses
-from app.engines.fleet_checks import GENERATE_PATH, PromptLogprobsEndpoint, check_fleet
+from app.engines.fleet_checks import GENERATE_PATH, PromptLogprobsEndpoint, check_fleet, probe_runtime
 from app.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, remote_logprob
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ class RemoteEngine(Engine):
         affinity_max_imbalance: int = 8,
         prompt_logprobs_endpoint: PromptLogprobsEndpoint = "completions",
         resolve_s: float = 0.0,
+        runtime: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.runtime = runtime or {}
         if not urls:
             raise ValueError("the remote engine needs at least one URL")
         self.model_name = model_name
@@ -161,14 +163,17 @@ class RemoteEngine(Engine):
                 http, settings.remote_urls, settings.remote_wait_s, settings.remote_model, tokenizer, front_model,
                 settings.remote_prompt_logprobs,
             )  # fmt: skip
+            runtime = probe_runtime(http, settings.remote_urls[0], model, tokenizer) if endpoint == "generate" else {}
         max_model_len = min(settings.max_model_len, server_len or settings.max_model_len)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
         log.info(
-            "remote engine: model %s at %s, context %d, prompt logprobs via %s",
+            "remote engine: model %s at %s, context %d, prompt logprobs via %s, vLLM %s, model runner %s",
             model,
             ", ".join(settings.remote_urls),
             max_model_len,
             endpoint,
+            runtime.get("vllm_version") or "unknown",
+            runtime.get("model_runner") or "unknown",
         )
         if endpoint == "completions":
             log.warning(
@@ -191,6 +196,7 @@ class RemoteEngine(Engine):
             affinity_max_imbalance=settings.remote_affinity_max_imbalance,
             prompt_logprobs_endpoint=endpoint,
             resolve_s=settings.remote_resolve_s,
+            runtime=runtime,
         )
 
     @property
@@ -392,6 +398,8 @@ class RemoteEngine(Engine):
             if self.prompt_logprobs_endpoint == "generate"
             else COMPLETIONS_PATH,
             "servers": [b.state() for b in self.backends],
+            # the first server's vLLM, probed at start (fleet_checks.probe_runtime); either layout is read
+            "runtime": self.runtime,
         }
 
     def mark_failed(self, reason: str) -> None:

