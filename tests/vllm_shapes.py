@@ -162,8 +162,9 @@ def as_v2_json(body: dict[str, Any], cached: int) -> dict[str, Any]:
 
 
 def simulated_core_engine(runner: str, tokenizer: Any, **kwargs: Any) -> Any:
-    """The real VLLMEngine (app/engines/vllm_local.py) over a simulated engine core: a prefix cache
-    of whole blocks and `runner`'s prompt-logprobs layout (see SimulatedCore)."""
+    """The real VLLMEngine (app/engines/vllm_local.py: its supervision, reading and retries) over a
+    simulated engine core: a prefix cache of whole blocks and `runner`'s prompt-logprobs layout
+    (see SimulatedCore)."""
     from app.engines.vllm_local import VLLMEngine
 
     class SimulatedCoreEngine(SimulatedCore, VLLMEngine):
@@ -173,7 +174,8 @@ def simulated_core_engine(runner: str, tokenizer: Any, **kwargs: Any) -> Any:
 
 
 class SimulatedCore:
-    """Stands in for AsyncLLM under VLLMEngine._final_output (a test double for unit tests only):
+    """Stands in for AsyncLLM under VLLMEngine._consume, the raw engine call (a test double for unit
+    tests only):
     vLLM's prefix cache hits whole blocks and never the last prompt token
     (`vllm/v1/core/kv_cache_manager.py`, `get_computed_blocks`: `max_cache_hit_length =
     request.num_tokens - 1`); every prompt's full blocks are cached after it runs.
@@ -194,7 +196,9 @@ class SimulatedCore:
     ) -> None:
         from types import SimpleNamespace
 
-        llm = SimpleNamespace(get_tokenizer=lambda: tokenizer, errored=False, get_num_unfinished_requests=lambda: 0)
+        llm = SimpleNamespace(
+            get_tokenizer=lambda: tokenizer, errored=False, get_num_unfinished_requests=lambda: 0, shutdown=lambda: None
+        )
         super().__init__(llm, "simulated", 4096)  # type: ignore[call-arg]  # VLLMEngine's
         self.runner, self.block, self.chunk, self.cache = runner, block, chunk, cache
         self.resume_more, self.always_resumed = resume_more, always_resumed
@@ -207,8 +211,13 @@ class SimulatedCore:
             hit += self.block
         return hit
 
-    async def _final_output(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+    async def _consume(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+        import asyncio
+
         from vllm.outputs import CompletionOutput, RequestOutput
+
+        if sampling_params.max_tokens >= 100:  # a long generation: in flight until cancelled
+            await asyncio.sleep(3600)
 
         read = self.cache and not sampling_params.skip_reading_prefix_cache
         cached = self._hit(prompt_token_ids) if read else 0

@@ -173,6 +173,7 @@ async def test_remote_engine_reads_the_v2_layout_to_the_same_rewards(fleet):
             assert proxy.reshaped > before, "no reply found the prefix cache: the V2 layout was never exercised"
             assert all(r.error is None for r in v1 + v2), [r.error for r in v1 + v2]
             assert [r.reward for r in v2] == pytest.approx([r.reward for r in v1], abs=1e-6)
+            await check_engine_contract(shaped)  # the whole contract, on the V2 layout
         finally:
             for engine in engines:
                 await engine.shutdown()

@@ -24,6 +24,18 @@ async def test_fake_engine_keeps_the_contract():
     assert engine.shut_down
 
 
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+async def test_vllm_engine_keeps_the_contract_on_either_runners_layout(runner):
+    """The in-process engine's own code (supervision, prompt-logprob reading, retries without the
+    cache) over a simulated core in the V1 or the V2 runner's layout (tests/vllm_shapes.py)."""
+    from tests.fakes import WordTokenizer
+    from tests.vllm_shapes import simulated_core_engine
+
+    engine = simulated_core_engine(runner, WordTokenizer())
+    await check_engine_contract(engine)
+    assert any(cached for _, cached, _ in engine.requests), "the tail was never read from the cache"
+
+
 def test_an_engine_missing_a_method_fails_when_built():
     class Partial(Engine):
         model_name, max_model_len = "partial", 128
