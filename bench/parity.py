@@ -13,11 +13,11 @@ built-in shape at seed 0, made with `python bench/parity.py run --model /tmp/ran
 What must agree, and how closely. bfloat16 (the GPU's dtype) keeps 8 bits of mantissa: logits and
 logprobs differ from float32 by ~1e-2 relative, and more where a sum of many terms cancels. So:
 - likelihood: every item scored (a finite reward where the reference has one, the same unscorable
-  floor and codes); the mean instruction logprob (`conditional`) within 5 % relative; the reward
+  floor and item codes); the mean instruction logprob (`conditional`) within 5 % relative; the reward
   within 0.05. Items whose reward is a clear call (>= 0.1 from 0.5) on both keep their side.
 - generate and judge decode greedily: one flipped argmax early on changes the whole text, and with
-  random weights most positions are near ties. Compared by finiteness and codes only; their rewards
-  are printed side by side, not held to a tolerance.
+  random weights most positions are near ties (the judge then finds no score: `judge_no_score`).
+  Held to the same unscorable floors only; their rewards and codes are printed side by side.
 """
 
 from __future__ import annotations
@@ -105,10 +105,12 @@ def compare(reference: dict[str, Any], candidate: dict[str, Any]) -> tuple[list[
         for k, (a, b) in enumerate(zip(reference["methods"][method], candidate["methods"][method])):
             row = [method, str(k), _fmt(a["reward"]), _fmt(b["reward"]), _fmt(a["conditional"]), _fmt(b["conditional"])]
             problem = None
-            if _finite(a["reward"]) and not _finite(b["reward"]):
+            if method == "likelihood" and _finite(a["reward"]) and not _finite(b["reward"]):
                 problem = f"no reward ({b['code']}: {b['error']})"
-            elif (a["unscorable"], a["code"]) != (b["unscorable"], b["code"]):
-                problem = f"outcome {a['unscorable'] or a['code']} vs {b['unscorable'] or b['code']}"
+            elif a["unscorable"] != b["unscorable"]:
+                problem = f"unscorable {a['unscorable']} vs {b['unscorable']}"
+            elif method == "likelihood" and a["code"] != b["code"]:
+                problem = f"item error {a['code']} vs {b['code']}"
             elif method == "likelihood" and _finite(a["reward"]):
                 if abs(a["reward"] - b["reward"]) > LIKELIHOOD_REWARD_TOLERANCE:
                     problem = f"reward differs by {abs(a['reward'] - b['reward']):.3f}"

@@ -37,4 +37,5 @@ def test_greedy_methods_are_not_held_to_a_reward_tolerance():
     reference, candidate = _scores(), _scores()
     for item in candidate["methods"]["generate"] + candidate["methods"]["judge"]:
         item["reward"] = 0.1  # another greedy text on bf16: printed, not failed
+    candidate["methods"]["judge"][0].update(reward=None, code="judge_no_score")
     assert compare(reference, candidate)[1] == []
