@@ -101,6 +101,9 @@ def _finite(x: Any) -> bool:
 def compare(reference: dict[str, Any], candidate: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
     """Table rows and the failures (empty: parity holds)."""
     rows, failures = [], []
+    weights = reference.get("weights_sha256"), candidate.get("weights_sha256")
+    if None not in weights and weights[0] != weights[1]:
+        failures.append(f"the weights differ ({weights[0][:12]} vs {weights[1][:12]}): no parity to measure")
     for method in METHODS:
         for k, (a, b) in enumerate(zip(reference["methods"][method], candidate["methods"][method])):
             row = [method, str(k), _fmt(a["reward"]), _fmt(b["reward"]), _fmt(a["conditional"]), _fmt(b["conditional"])]
@@ -162,7 +165,10 @@ def run(model: str, extra_env: dict[str, str]) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit("the service was not ready in 900 s; see bench/results/parity-server.log")
             time.sleep(1)
-        return score(url)
+        result = score(url)
+        digest = Path(model) / "flip-weights.sha256"  # written by scripts/make_random_model.py
+        result["weights_sha256"] = digest.read_text().strip() if digest.exists() else None
+        return result
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -13,9 +13,11 @@ runs it in float32, the same numbers widened).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 from pathlib import Path
 
+WEIGHTS_DIGEST = "flip-weights.sha256"
 COPIED = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]
 
 
@@ -43,6 +45,12 @@ def make(out: Path, like: Path, seed: int, dtype: str) -> Path:
     if getattr(config, "tie_word_embeddings", False):
         tensors.pop("lm_head.weight", None)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # Over the tensors' bytes, not the file: another torch writes other metadata. bench/parity.py
+    # compares it, so a run on other weights is never taken for a parity result.
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + tensors[name].view(torch.uint8).numpy().tobytes())
+    (out / WEIGHTS_DIGEST).write_text(digest.hexdigest() + "\n")
     config.save_pretrained(out)
     return out
 

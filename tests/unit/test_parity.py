@@ -39,3 +39,9 @@ def test_greedy_methods_are_not_held_to_a_reward_tolerance():
         item["reward"] = 0.1  # another greedy text on bf16: printed, not failed
     candidate["methods"]["judge"][0].update(reward=None, code="judge_no_score")
     assert compare(reference, candidate)[1] == []
+
+
+def test_other_weights_are_no_parity_result():
+    reference, candidate = _scores(), _scores()
+    reference["weights_sha256"], candidate["weights_sha256"] = "a" * 64, "b" * 64
+    assert compare(reference, candidate)[1][0].startswith("the weights differ")
