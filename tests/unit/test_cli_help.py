@@ -45,8 +45,9 @@ def test_help_works(command):
     assert result.stdout.startswith("usage: flip-reward") and result.stderr == ""
     if command:
         # every setting is a flag, with its description and its variable
-        for name, field in Settings.model_fields.items():
-            assert f"FLIP_{name.upper()}" in result.stdout.replace("\n", " ").replace(" ", "")
+        flat = "".join(result.stdout.split())
+        for name in Settings.model_fields:
+            assert f"--{name.replace('_', '-')}" in flat and f"[envFLIP_{name.upper()}]" in flat, name
         text = " ".join(result.stdout.split())
         with_percent = [w for f in Settings.model_fields.values() for w in (f.description or "").split() if "%" in w]
         assert all(word in text for word in with_percent), with_percent
