@@ -43,7 +43,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each also an environment variable FLIP_<NAME>)")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} [env FLIP_{name.upper()}]"
+        # argparse %-formats help strings: a literal % in a description ("37% fewer") must be doubled.
+        help_text = f"{field.description} [env FLIP_{name.upper()}]".replace("%", "%%")
         if field.annotation in (bool, bool | None):
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

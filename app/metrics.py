@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from app.config import Method
+from app.scoring.outcomes import ItemErrorCode, UnscorableReason
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -87,3 +92,36 @@ TIMEOUTS = Counter("flip_timeouts_total", "Requests past their deadline (504); t
 ABORTS = Counter("flip_aborts_total", "Requests whose client disconnected; their engine work was aborted.")
 # vLLM's own prefix-cache counters (vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)
 # land in the same registry: its Prometheus stat logger runs in this process.
+
+# --- every labelled series an alert rule or a dashboard panel reads exists from start-up at 0.
+# A series born at its first increment has no earlier sample, so rate()/increase() over the first
+# window miss that increment: the first guard triggers after a start would never reach an alert.
+# The label values are the ones the service can produce; tests/unit/test_metrics.py checks them
+# against the code that produces them (score_items' routes, guard_of, the Literals below).
+SCORING_ROUTES = ("/reward", "/batch_reward", "/rank", "/get_reward", "/slime_reward")
+GUARDS = ("copies_deleted", "keyword_stuffing", "unscorable")
+METHODS: tuple[str, ...] = get_args(Method)
+UNSCORABLE_REASONS: tuple[str, ...] = get_args(UnscorableReason)
+ITEM_ERROR_CODES: tuple[str, ...] = get_args(ItemErrorCode)
+# What a scoring route answers: 200, the request errors (401 key, 413 too big, 422 invalid, 429 queue
+# full, 499 client gone), and the 5xx a trainer retries on (app/api/serving.py).
+SCORING_STATUSES = ("200", "401", "413", "422", "429", "499", "500", "502", "503", "504")
+
+
+def _zero_labelled_series() -> None:
+    for route in SCORING_ROUTES:
+        REQUEST_LATENCY.labels(route=route)
+        for status in SCORING_STATUSES:
+            REQUESTS.labels(route=route, status=status)
+        for method in METHODS:
+            REWARDS.labels(method=method, route=route)
+            COPIED_FRACTION.labels(method=method, route=route)
+            for guard in GUARDS:
+                GUARD_TRIGGERS.labels(guard=guard, method=method, route=route)
+            for reason in UNSCORABLE_REASONS:
+                UNSCORABLE.labels(reason=reason, method=method, route=route)
+            for code in ITEM_ERROR_CODES:
+                ITEM_ERRORS.labels(code=code, method=method, route=route)
+
+
+_zero_labelled_series()

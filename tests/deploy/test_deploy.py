@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -361,6 +362,161 @@ def test_network_policy_lets_the_service_port_in(rendered):
     assert {"podSelector": {}} in rule["from"], "pods of the namespace (e.g. Prometheus sidecars, tests)"
 
 
+def _wait_for_model(docs: list[dict]) -> dict:
+    (wait,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["initContainers"]
+    return wait
+
+
+def _run_wait(wait: dict, model: Path, wait_s: float, **kw) -> subprocess.Popen:
+    """The init container's own command, run here with its environment (FLIP_MODEL pointed at `model`)."""
+    env = {e["name"]: e["value"] for e in wait.get("env", [])} | {"MODEL_WAIT_S": str(wait_s)}
+    env |= {"FLIP_MODEL": str(model), "PATH": os.environ["PATH"]}
+    return subprocess.Popen(wait["command"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_wait_for_model_gives_up_when_the_model_never_comes(tmp_path):
+    """A failed prepare Job must show as the init container's error (and its restarts), not as a pod
+    that waits forever."""
+    wait = _wait_for_model(render("gpu"))
+    budget_s = float(next(e["value"] for e in wait["env"] if e["name"] == "MODEL_WAIT_S"))
+    assert 600 <= budget_s <= 4 * 3600
+    process = _run_wait(wait, tmp_path / "never", wait_s=1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert "config.json not there after 1 s" in stderr and "job/flip-reward-prepare-model" in stderr
+
+
+def test_wait_for_model_ends_when_the_model_is_in_place(tmp_path):
+    wait = _wait_for_model(render("gpu"))
+    model = tmp_path / "model"
+    process = _run_wait(wait, model, wait_s=300)
+    time.sleep(1)
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # the Job's rename puts the whole folder in place at once
+    stdout, stderr = process.communicate(timeout=120)  # it looks every 10 s
+    assert process.returncode == 0, stderr
+    assert "waiting for the prepare-model Job" in stdout
+
+
+def test_every_container_has_memory_requests_and_limits(rendered):
+    _, docs = rendered
+    for name, pod in pod_specs(docs):
+        for container in pod["containers"] + pod.get("initContainers", []):
+            resources = container.get("resources", {})
+            assert "memory" in resources.get("requests", {}) and "cpu" in resources.get("requests", {}), (
+                f"{name}/{container['name']}: no requests, the scheduler cannot place it"
+            )
+            assert "memory" in resources.get("limits", {}), f"{name}/{container['name']}: no memory limit"
+
+
+def test_no_pod_mounts_a_service_account_token(rendered):
+    """None of them calls the Kubernetes API; a mounted token is only something to steal."""
+    _, docs = rendered
+    for name, pod in pod_specs(docs):
+        assert pod.get("automountServiceAccountToken") is False, name
+
+
+def test_a_settings_change_rolls_the_pods(tmp_path):
+    """The ConfigMap is generated: its name carries a hash of the settings and the Deployment names
+    it, so a changed setting changes the pod template and `kubectl apply` rolls the pods."""
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        config = by_kind(docs, "ConfigMap")["metadata"]["name"]
+        assert re.fullmatch(r"flip-reward-config-[a-z0-9]{10}", config), f"{overlay}: {config} carries no hash"
+        env_from = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": config}} in env_from
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "overlays" / "cpu", user)],
+                "configMapGenerator": [
+                    {"name": "flip-reward-config", "behavior": "merge", "literals": ["FLIP_LOG_LEVEL=debug"]}
+                ],
+            }
+        )
+    )
+    changed = render(user)
+    new_name = by_kind(changed, "ConfigMap")["metadata"]["name"]
+    assert new_name != by_kind(render("cpu"), "ConfigMap")["metadata"]["name"]
+    template = by_kind(changed, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"configMapRef": {"name": new_name}} in template["envFrom"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_components_added_to_an_overlay_land_in_its_namespace(overlay, tmp_path):
+    """As the overlays' comments suggest: the overlay's own kustomization with every component added
+    (in a copy of deploy/k8s). Everything it renders is in the namespace, the components' HPA,
+    ServiceMonitor, PrometheusRule, Secret, Ingress and HTTPRoute too."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    kustomization = copy / "overlays" / overlay / "kustomization.yaml"
+    config = yaml.safe_load(kustomization.read_text())
+    present = {Path(c).name for c in config.get("components", [])}
+    config["components"] = config.get("components", []) + [
+        f"../../components/{c}" for c in COMPONENTS if c not in present
+    ]
+    kustomization.write_text(yaml.safe_dump(config))
+    docs = render(copy / "overlays" / overlay)
+    assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "Ingress", "HTTPRoute"} <= {
+        d["kind"] for d in docs
+    }
+    cluster_scoped = {"Namespace"}
+    outside = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if d["kind"] not in cluster_scoped and d["metadata"].get("namespace") != "flip-reward"
+    ]
+    assert outside == []
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+def scrapes_per_pod_template(docs: list[dict]) -> dict[str, list[str]]:
+    """Deployment -> the (ServiceMonitor, Service) pairs through which Prometheus scrapes its pods."""
+    services = [d for d in docs if d["kind"] == "Service"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    out = {}
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        out[deployment["metadata"]["name"]] = [
+            f"{m['metadata']['name']}/{s['metadata']['name']}"
+            for m in monitors
+            for s in services
+            if _selects(m["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))
+            and _selects(s["spec"]["selector"], labels)
+        ]
+    return out
+
+
+def test_each_pod_is_scraped_once(rendered, with_every_component):
+    """Two Services over the same pods, both matched by a ServiceMonitor, scrape every pod twice:
+    sum by (pod) doubles and an HPA on it scales at half its target."""
+    for docs in (rendered[1], with_every_component):
+        for deployment, scrapes in scrapes_per_pod_template(docs).items():
+            assert len(scrapes) <= 1, f"{deployment} is scraped {len(scrapes)} times: {scrapes}"
+            if any(d["kind"] == "ServiceMonitor" for d in docs):
+                assert len(scrapes) == 1, f"{deployment} is not scraped"
+
+
+def test_paths_named_in_comments_and_docs_exist():
+    """`helm install ... -f <values>` and every deploy/... file a comment or a document names."""
+    texts = [p for p in (ROOT / "deploy").rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".md", ".env"}]
+    texts += [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "docker-compose.yml"]
+    named = {
+        (path.name, found)
+        for path in texts
+        for found in re.findall(r"(?:-f |\b)(deploy/[\w./-]+\.(?:ya?ml|json|env))", path.read_text())
+    }
+    missing = [f"{where}: {found}" for where, found in named if not (ROOT / found).exists()]
+    assert named and missing == []
+
+
 def test_probe_routes_exist_in_the_app():
     from app.main import create_app
 
@@ -399,7 +555,8 @@ def test_gpu_overlay_serves_a_model_prepared_once_on_a_shared_volume():
         "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"], "readOnly": True},
     }
     (wait,) = pod["initContainers"]
-    assert f"{model}/config.json" in " ".join(wait["command"])
+    config_name = by_kind(docs, "ConfigMap")["metadata"]["name"]
+    assert {"configMapRef": {"name": config_name}} in wait["envFrom"], "FLIP_MODEL: the folder the Job fills"
     job_volume = next(v for v in job["volumes"] if v["name"] == "models")
     assert job_volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
 

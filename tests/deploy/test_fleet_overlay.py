@@ -5,13 +5,14 @@ needs from the fleet (app/engines/openai_remote.py)."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from app.config import Settings
-from tests.deploy.test_deploy import K8S, K8S_VERSIONS, render
+from tests.deploy.test_deploy import K8S, K8S_VERSIONS, ROOT, render
 
 FLEET = K8S / "overlays" / "fleet"
 
@@ -51,8 +52,13 @@ def test_fronts_run_remote_on_the_cpu_image_against_the_fleets_pods(docs):
     key_file = config["FLIP_REMOTE_API_KEY_FILE"]
     mount = next(m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
     volume = next(v for v in front["volumes"] if v["name"] == mount["name"])
-    secret = named(docs, "Secret", volume["secret"]["secretName"])
-    assert key_file.rsplit("/", 1)[1] in secret["data"]
+    # The fleet's key: one Secret you create (never in git), read by vLLM, the fronts and Prometheus.
+    vllm = named(docs, "Deployment", "vllm")["spec"]["template"]["spec"]["containers"][0]
+    (vllm_secret,) = [e["secretRef"]["name"] for e in vllm["envFrom"] if "secretRef" in e]
+    assert volume["secret"]["secretName"] == vllm_secret and key_file.rsplit("/", 1)[1] == "VLLM_API_KEY"
+    monitor = named(docs, "ServiceMonitor", "vllm")
+    credentials = monitor["spec"]["endpoints"][0]["authorization"]["credentials"]
+    assert credentials == {"name": vllm_secret, "key": "VLLM_API_KEY"}
 
 
 def test_vllm_pods_serve_what_the_fronts_check_and_scale_on_waiting_requests(docs):
@@ -66,7 +72,7 @@ def test_vllm_pods_serve_what_the_fronts_check_and_scale_on_waiting_requests(doc
     assert vllm_config["VLLM_MODEL"] == config["FLIP_MODEL"]  # the name the fronts check at start
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     secret_refs = {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
-    assert secret_refs == {named(docs, "Secret", "vllm-api-key")["metadata"]["name"]}
+    assert secret_refs == {"vllm-api-key"}
     labels = vllm["spec"]["template"]["metadata"]["labels"]
     for service in ("vllm-pods", "vllm"):
         assert named(docs, "Service", service)["spec"]["selector"].items() <= labels.items()
@@ -95,3 +101,61 @@ def test_production_stack_values_name_the_same_model_and_flags():
     assert spec["modelURL"] == literals["FLIP_MODEL"]
     assert f"--served-model-name={literals['FLIP_MODEL']}" in spec["vllmConfig"]["extraArgs"]
     assert values["routerSpec"]["routingLogic"] == "prefixaware"
+
+
+def test_no_fleet_key_in_git(docs):
+    """The key is a Secret the operator creates: nothing rendered carries it, no tracked file holds one."""
+    assert not [d for d in docs if d["kind"] == "Secret" and "VLLM_API_KEY" in d.get("data", {})]
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    for path in tracked:
+        text = (ROOT / path).read_text(errors="replace")
+        assert not re.search(r"^\s*VLLM_API_KEY\s*=\s*\S", text, re.MULTILINE), path
+
+
+def test_only_the_fronts_and_prometheus_reach_the_fleet(docs):
+    vllm_labels = named(docs, "Deployment", "vllm")["spec"]["template"]["metadata"]["labels"]
+    front_labels = named(docs, "Deployment", "flip-reward")["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"]["matchLabels"].items() <= vllm_labels.items()
+    ]
+    assert policies, "no NetworkPolicy selects the vLLM pods: every pod of the cluster reaches them"
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"]["ingress"]:
+            assert [p["port"] for p in rule["ports"]] == ["http"]
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, peer
+                if "namespaceSelector" in peer:
+                    assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                else:
+                    selector = peer["podSelector"]["matchLabels"]
+                    assert selector and selector.items() <= front_labels.items(), peer
+                    assert not selector.items() <= vllm_labels.items()
+
+
+def test_vllm_pods_outlast_the_fronts_resolve_and_carry_no_token(docs):
+    """A vLLM pod going away keeps serving until every front has re-resolved the headless Service
+    (FLIP_REMOTE_RESOLVE_S) and the DNS record's TTL (5 s, CoreDNS's default) has passed."""
+    config = named(docs, "ConfigMap", "flip-reward-config")["data"]
+    pod = named(docs, "Deployment", "vllm")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop_s = int(command[1])
+    assert pre_stop_s > float(config["FLIP_REMOTE_RESOLVE_S"]) + 5
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop_s + 30, "vLLM's own drain after the sleep"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_front_startup_probe_outlasts_its_wait_for_the_fleet(docs):
+    """The front gives up on a fleet that never answers after FLIP_REMOTE_WAIT_S and exits with a
+    message; the probe must not kill it in the same second (or before), hiding that message."""
+    config = named(docs, "ConfigMap", "flip-reward-config")["data"]
+    (container,) = named(docs, "Deployment", "flip-reward")["spec"]["template"]["spec"]["containers"]
+    probe = container["startupProbe"]
+    budget_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert budget_s >= float(config["FLIP_REMOTE_WAIT_S"]) + 60

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -217,7 +218,14 @@ def test_enforce_eager_flag_sets_either_value():
 
 STAND_IN = """#!/usr/bin/env bash
 # Records pip's arguments instead of installing; runs everything else with the real Python.
-if [ "$1 $2" = "-m pip" ]; then echo "pip ${*:3}" >> "$PIP_LOG"; exit 0; fi
+if [ "$1 $2" = "-m pip" ]; then
+  echo "pip ${*:3}" >> "$PIP_LOG"
+  # each pip call's arguments and PIP_ environment, for the tests that replay it with the real pip
+  "$REAL_PYTHON" -c 'import json, os, sys
+print(json.dumps({"args": sys.argv[1:], "env": {k: v for k, v in os.environ.items() if k.startswith("PIP_")}}))' \
+    "${@:3}" >> "$PIP_LOG.json"
+  exit 0
+fi
 if [ "$1 $2" = "-m app.install_check" ]; then exit 0; fi
 exec "$REAL_PYTHON" "$@"
 """
@@ -274,6 +282,76 @@ def test_setup_remembers_the_gpu_install(checkout):
     assert calls.index(uninstall) < calls.index(installs(calls)[0])
     assert {"vllm", "torch"} <= set(uninstall.split())
     assert "-c constraints/cpu.txt -e .[cpu,test,eval]" in installs(calls)[0]
+
+
+def _cpu_torch_wheel(folder: Path) -> Path:
+    """A wheel named and versioned as PyTorch's CPU build (metadata only: pip resolves from it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    info = "torch-2.13.0+cpu.dist-info"
+    files = {
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0+cpu\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+        "Tag: cp311-cp311-manylinux_2_28_x86_64\n",
+    }
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"]))
+    return wheel
+
+
+def _resolved_torch(call: dict, folder: Path) -> str:
+    """torch==2.13.0 resolved by the real pip with the index arguments and PIP_ environment of a
+    recorded setup.sh install call (no dependencies: the question is which torch build)."""
+    args = call["args"]
+    index = []
+    for option in ("--index-url", "--extra-index-url"):
+        if option in args:
+            index += [option, args[args.index(option) + 1]]
+    report = folder / "report.json"
+    # PIP_LOG is the stand-in's own file (pip would read it as --log)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | call["env"]
+    env.pop("PIP_LOG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet"]
+        + ["--report", str(report), *index, "torch==2.13.0"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (install,) = json.loads(report.read_text())["install"]
+    return install["metadata"]["version"]
+
+
+def test_setup_gpu_install_ignores_find_links_and_pip_config(checkout, tmp_path):
+    """A find-links folder (or pip.conf) holding torch 2.13.0+cpu, as on the development machine: the
+    GPU install must not see it, the CPU install must (it may be where its +cpu torch comes from)."""
+    wheels = tmp_path / "wheels"
+    _cpu_torch_wheel(wheels)
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nfind-links = {wheels}\n")
+    result, _ = setup_sh(checkout, "--gpu", PIP_FIND_LINKS=str(wheels), PIP_CONFIG_FILE=str(config))
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in (checkout / "pip.log.json").read_text().splitlines()]
+    (gpu,) = [c for c in calls if "-e" in c["args"]]
+    assert "PIP_FIND_LINKS" not in gpu["env"] and gpu["env"]["PIP_CONFIG_FILE"] == os.devnull
+    assert gpu["args"][gpu["args"].index("--index-url") + 1] == "https://pypi.org/simple"
+    if not _pypi_reachable():
+        pytest.skip("PyPI cannot be reached: the replay of the install's resolve needs it")
+    assert _resolved_torch(gpu, tmp_path) == "2.13.0"
+    # The same call with the find-links folder and config left in: the CPU build wins (the bug).
+    leaky = {"args": gpu["args"], "env": gpu["env"] | {"PIP_FIND_LINKS": str(wheels), "PIP_CONFIG_FILE": str(config)}}
+    assert _resolved_torch(leaky, tmp_path) == "2.13.0+cpu"
+
+    result, _ = setup_sh(checkout, "--cpu", PIP_FIND_LINKS=str(wheels))
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in (checkout / "pip.log.json").read_text().splitlines()]
+    cpu = [c for c in calls if "-e" in c["args"]][-1]
+    assert cpu["env"]["PIP_FIND_LINKS"] == str(wheels) and "--index-url" not in cpu["args"]
 
 
 def test_setup_installs_cpu_on_a_fresh_checkout(checkout):

@@ -29,6 +29,8 @@ class RunningServer:
     log_path: Path
     ready_statuses_seen: list[int] = field(default_factory=list)
     health_ok_before_ready: bool = False
+    # /metrics as scraped the moment /ready first said 200, before any test sent a request
+    startup_metrics: str = ""
 
     def client(self, timeout: float = 300.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -62,6 +64,7 @@ def start_server(tmp_dir: Path, extra_args: list[str] = (), env: dict[str, str] 
                     server.health_ok_before_ready = True
                 server.ready_statuses_seen.append(status)
                 if status == 200:
+                    server.startup_metrics = client.get("/metrics").text
                     return server
             except httpx.TransportError:
                 pass
