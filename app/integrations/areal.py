@@ -3,8 +3,8 @@
     workflow_kwargs = dict(reward_fn="app.integrations.areal.reward_fn", gconfig=..., tokenizer=...)
 
 Read at AReaL 4aef98d: RLVRWorkflow wraps the function in AsyncRewardWrapper
-(areal/workflow/rlvr.py L73, L141) and calls it once per sample as
-`reward_fn(prompt_str, completions_str, input_tokens, output_tokens, **data)` (L98-104), where
+(areal/workflow/rlvr.py L73, L145) and calls it once per sample as
+`reward_fn(prompt_str, completions_str, input_tokens, output_tokens, **data)` (L101-107), where
 `prompt_str` is the decoded chat-templated prompt and `completions_str` the decoded output,
 special tokens kept, and `data` the dataset row. It runs in a ProcessPoolExecutor, so the function
 is module-level (pickled by reference) and opens its own connections per process.
@@ -15,10 +15,10 @@ response has the template's tokens stripped (an EOS-only one is empty: the floor
 
 The 15 s trap: AsyncRewardWrapper waits 15 s per try (reward_api.py L77, not settable through
 RLVRWorkflow), counted from the submission to its process pool, so the wait for a free worker
-counts too; after four timed-out tries it returns 0 (L153-167), a silent 0. So this function
+counts too; after four timed-out tries it returns 0 (L159-170), a silent 0. So this function
 gives each call a budget of $FLIP_REWARD_AREAL_TIMEOUT_S (default 12 s), sent as the request's
 deadline, and makes one attempt: past the budget, or on a 429/5xx, it raises, which AReaL
-retries three times (L181-192) and then raises: never a made-up 0. Sizing that avoids the trap
+retries three times (L191-202) and then raises: never a made-up 0. Sizing that avoids the trap
 is in the README (AReaL row).
 """
 

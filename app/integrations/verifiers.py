@@ -15,7 +15,7 @@ a60a606 / prime-rl 559b447:
   `trace.metrics`: a returned mapping would make each of its keys a weighted reward, summed into
   `trace.reward` (verifiers/v1/task.py L228-236, trace.py L413).
 - Failure: raises, never 0.0. Scoring runs under `boundary(TaskError)` (verifiers/v1/rollout.py
-  L478-492): the rollout is marked failed, and prime-rl leaves failed traces out of training
+  L484-495): the rollout is marked failed, and prime-rl leaves failed traces out of training
   (prime_rl/orchestrator/algo/base.py L35-42).
 
 The service: $FLIP_REWARD_URL (a URL or "a,b"), $FLIP_REWARD_API_KEY; the client retries 429/5xx
