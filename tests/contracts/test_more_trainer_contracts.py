@@ -53,13 +53,6 @@ def service_env(live, monkeypatch):
     return live
 
 
-@pytest.fixture
-def engine_down(live):
-    live.engine.healthy = False
-    yield
-    live.engine.healthy = True
-
-
 def assert_group(got: list[float], expected: list[float]) -> None:
     assert len(got) == len(GROUP) and all(isinstance(v, float) and math.isfinite(v) for v in got), got
     assert got == pytest.approx(expected, abs=1e-6)
@@ -175,9 +168,10 @@ def test_a_mapping_of_extra_logs_would_be_summed_into_the_verifiers_reward():
     assert traced.reward == 4.5  # why the adapter returns a float and records the logs as metrics
 
 
-def test_verifiers_failure_fails_the_rollout_and_prime_rl_drops_it(service_env, engine_down, monkeypatch):
+def test_verifiers_failure_fails_the_rollout_and_prime_rl_drops_it(unavailable_url, monkeypatch):
     from app.integrations import verifiers
 
+    monkeypatch.setenv("FLIP_REWARD_URL", unavailable_url)
     monkeypatch.setattr(verifiers, "_client", no_retry_async)
     task, rewards = verifiers_task(), {"flip": (verifiers.reward, 1.0)}
     trace = run(verifiers_rollout_close(task, Trace(GROUP[0]), rewards))
@@ -252,12 +246,12 @@ def test_extra_logs_in_reward_components_would_fail_nemo_rl():
         nemo_rl_total_reward([{"reward": 0.5, "reward_components": {"flip": 0.5, "flip_unscorable": 1.0}}])
 
 
-def test_nemo_gym_failure_is_an_infra_status_nemo_rl_retries(live, engine_down):
+def test_nemo_gym_failure_is_an_infra_status_nemo_rl_retries(unavailable_url):
     """nemo_rl/environments/nemo_gym.py L130-161, L697-709: an HTTP failure with a status >= 500
     (or a retriable 4xx) becomes GymTransportError, which the driver retries (failures.py L192-202)."""
     row, response = gym_row(GROUP[0])
     with pytest.raises(aiohttp.ClientResponseError) as failed:
-        run(gym_simple_agent_run(live.url, row, response))
+        run(gym_simple_agent_run(unavailable_url, row, response))
     assert failed.value.status >= 500
 
 
@@ -295,9 +289,10 @@ def test_skyrl_env_scores_a_grpo_group_on_the_env_thread_pool(service_env, expec
     assert [m["flip_unscorable"] for _, m in results] == [float(i in UNSCORABLE) for i in range(len(GROUP))]
 
 
-def test_skyrl_failure_fails_the_generation(service_env, engine_down, monkeypatch):
+def test_skyrl_failure_fails_the_generation(unavailable_url, monkeypatch):
     from app.integrations import skyrl
 
+    monkeypatch.setenv("FLIP_REWARD_URL", unavailable_url)
     monkeypatch.setattr(skyrl, "_client", no_retry_sync)
 
     async def generate():

@@ -1,0 +1,95 @@
+"""The new adapters through the real upstream code, where the package installs on a CPU machine
+without a GPU stack: verifiers (Task.score with the reward plugged by import path), skyrl-gym
+(register, skyrl_gym.make, init/step on a thread pool) and NeMo Gym (its config validation and
+the forwarding resources server, built and called by Gym's own classes). AReaL's package needs
+its GPU stack: tests/contracts/test_more_trainer_contracts.py mirrors it.
+
+Each runs tests/contracts/upstream/<stack>_driver.py in a scratch virtualenv of its own (the
+packages are not flip-reward's dependencies), e.g.
+
+    python3.11 -m venv /tmp/scratch-verifiers && /tmp/scratch-verifiers/bin/pip install <verifiers checkout> httpx
+    python3.11 -m venv /tmp/scratch-skyrl && /tmp/scratch-skyrl/bin/pip install <SkyRL checkout>/skyrl-gym httpx
+    python3.13 -m venv /tmp/scratch-nemo_gym && /tmp/scratch-nemo_gym/bin/pip install <Gym checkout> httpx
+
+(Gym declares Python >= 3.13.14; 3.13.0 with --ignore-requires-python ran it here.) The python is
+$FLIP_UPSTREAM_<STACK>_PYTHON, else /tmp/scratch-<stack>/bin/python; without one the test skips.
+Checked at verifiers a60a606, SkyRL a956457, Gym 07d6b0d.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.contracts.conftest import GROUP, INSTRUCTION, UNSCORABLE, batch_rewards
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVERS = Path(__file__).resolve().parent / "upstream"
+MESSAGES = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": INSTRUCTION}]
+
+
+def upstream_python(stack: str) -> str:
+    python = os.environ.get(f"FLIP_UPSTREAM_{stack.upper()}_PYTHON") or f"/tmp/scratch-{stack}/bin/python"
+    if not Path(python).exists():
+        pytest.skip(f"no virtualenv with {stack} installed (set FLIP_UPSTREAM_{stack.upper()}_PYTHON)")
+    return python
+
+
+def drive(stack: str, url: str, given: dict, *args: str) -> object:
+    done = subprocess.run(
+        [upstream_python(stack), str(DRIVERS / f"{stack}_driver.py"), *args],
+        input=json.dumps(given),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "FLIP_REWARD_URL": url},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def expected(live):
+    return batch_rewards(live, [{"messages": MESSAGES, "response": r} for r in GROUP])
+
+
+def assert_floor_flags(metrics: list[dict]) -> None:
+    assert [m["flip_unscorable"] for m in metrics] == [float(i in UNSCORABLE) for i in range(len(GROUP))]
+    assert len({frozenset(m) for m in metrics}) == 1
+
+
+def test_verifiers_task_score_with_the_reward_plugged_by_import_path(live, expected):
+    results = drive("verifiers", live.url, {"instruction": INSTRUCTION, "system": "Be helpful.", "responses": GROUP})
+    assert [r["reward"] for r in results] == pytest.approx(expected, abs=1e-6)
+    assert all(r["rewards"] == ["flip"] for r in results)
+    assert_floor_flags([r["metrics"] for r in results])
+
+
+def test_verifiers_task_score_raises_when_the_service_cannot_score(unavailable_url):
+    # after the client's retries: Task.score raises TaskError, the rollout fails (no 0.0)
+    given = {"instruction": INSTRUCTION, "system": "", "responses": [GROUP[0]]}
+    (result,) = drive("verifiers", unavailable_url, given)
+    assert result["error"].startswith("TaskError") and "reward" not in result
+
+
+def test_skyrl_gym_makes_and_steps_the_registered_env(live, expected):
+    given = {"messages": MESSAGES, "responses": [r + "<|im_end|>" for r in GROUP]}
+    results = drive("skyrl", live.url, given)
+    assert [r["reward"] for r in results] == pytest.approx(expected, abs=1e-6)
+    assert all(r["done"] for r in results)
+    assert_floor_flags([r["metrics"] for r in results])
+
+
+def test_nemo_gym_forwarding_server_and_config(live, expected):
+    server_dir = ROOT / "examples" / "nemo_gym" / "resources_servers" / "flip_reward"
+    given = {"messages": MESSAGES, "responses": GROUP}
+    got = drive("nemo_gym", live.url, given, str(server_dir))
+    assert "entrypoint" in got["external_error"]  # Gym cannot declare a server it does not launch
+    results = got["results"]
+    assert [r["reward"] for r in results] == pytest.approx(expected, abs=1e-6)
+    assert [results[i]["flip_unscorable_reason"] for i in UNSCORABLE] == list(UNSCORABLE.values())
+    assert_floor_flags(results)
