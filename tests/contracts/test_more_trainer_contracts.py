@@ -377,3 +377,20 @@ def test_areal_a_stalled_service_raises_within_the_budget_never_0(monkeypatch):
             with pytest.raises(Exception, match="Timeout"):
                 areal_rlvr_rewards(reward_fn, pool, [GROUP[0]])
     assert time.monotonic() - started < 15  # 4 tries of 0.5 s: raised long before AReaL's own 15 s would give 0
+
+
+# --- Axolotl (axolotl-ai-cloud/axolotl 067b021c8b87a9e5e380b9173c704cf7340e30f5, pins trl==1.8.0)
+
+
+def test_axolotl_loads_the_trl_reward_function_by_its_dotted_path(service_env, expected):
+    """src/axolotl/core/trainers/grpo/__init__.py L248-275 get_reward_func: import the module of
+    `trl.reward_funcs[i]`, getattr the name, require at least two parameters; the function then goes
+    to TRL's GRPOTrainer as is (L213-217)."""
+    import importlib
+
+    fqn = "app.integrations.trl.flip_reward"
+    module = importlib.import_module(".".join(fqn.split(".")[:-1]))
+    reward_func = getattr(module, fqn.split(".")[-1])
+    assert len(inspect.signature(reward_func).parameters) >= 2
+    got = run(reward_func(prompts=[MESSAGES] * len(GROUP), completions=GROUP, completion_ids=[[1]] * len(GROUP)))
+    assert_group(got, expected)
