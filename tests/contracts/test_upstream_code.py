@@ -1,8 +1,9 @@
 """The new adapters through the real upstream code, where the package installs on a CPU machine
 without a GPU stack: verifiers (Task.score with the reward plugged by import path), skyrl-gym
 (register, skyrl_gym.make, init/step on a thread pool) and NeMo Gym (its config validation and
-the forwarding resources server, built and called by Gym's own classes). AReaL's package needs
-its GPU stack: tests/contracts/test_more_trainer_contracts.py mirrors it.
+the forwarding resources server, built and called by Gym's own classes), and AReaL's
+AsyncRewardWrapper (its package needs a GPU stack: the driver imports only the reward path from a
+source tree, $FLIP_UPSTREAM_AREAL_SRC, else /tmp/up-areal).
 
 Each runs tests/contracts/upstream/<stack>_driver.py in a scratch virtualenv of its own (the
 packages are not flip-reward's dependencies), e.g.
@@ -10,10 +11,11 @@ packages are not flip-reward's dependencies), e.g.
     python3.11 -m venv /tmp/scratch-verifiers && /tmp/scratch-verifiers/bin/pip install <verifiers checkout> httpx
     python3.11 -m venv /tmp/scratch-skyrl && /tmp/scratch-skyrl/bin/pip install <SkyRL checkout>/skyrl-gym httpx
     python3.13 -m venv /tmp/scratch-nemo_gym && /tmp/scratch-nemo_gym/bin/pip install <Gym checkout> httpx
+    python3.11 -m venv /tmp/scratch-areal && /tmp/scratch-areal/bin/pip install colorlog httpx
 
 (Gym declares Python >= 3.13.14; 3.13.0 with --ignore-requires-python ran it here.) The python is
 $FLIP_UPSTREAM_<STACK>_PYTHON, else /tmp/scratch-<stack>/bin/python; without one the test skips.
-Checked at verifiers a60a606, SkyRL a956457, Gym 07d6b0d.
+Checked at verifiers a60a606, SkyRL a956457, Gym 07d6b0d, AReaL 4aef98d.
 """
 
 from __future__ import annotations
@@ -93,3 +95,26 @@ def test_nemo_gym_forwarding_server_and_config(live, expected):
     assert [r["reward"] for r in results] == pytest.approx(expected, abs=1e-6)
     assert [results[i]["flip_unscorable_reason"] for i in UNSCORABLE] == list(UNSCORABLE.values())
     assert_floor_flags(results)
+
+
+def test_areal_async_reward_wrapper_runs_the_reward_fn_by_its_path(live, expected):
+    source = Path(os.environ.get("FLIP_UPSTREAM_AREAL_SRC") or "/tmp/up-areal")
+    if not (source / "areal" / "api" / "reward_api.py").exists():
+        pytest.skip("no AReaL source tree (set FLIP_UPSTREAM_AREAL_SRC)")
+    chatml = "<|im_start|>system\nBe helpful.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    given = {
+        "prompt": chatml.format(INSTRUCTION),
+        "messages": MESSAGES,
+        "responses": [r + "<|im_end|>" for r in GROUP],
+    }
+    got = drive("areal", live.url, given, str(source))
+    assert got["rewards"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_areal_a_failing_service_raises_through_the_wrapper_never_0(unavailable_url):
+    source = Path(os.environ.get("FLIP_UPSTREAM_AREAL_SRC") or "/tmp/up-areal")
+    if not (source / "areal" / "api" / "reward_api.py").exists():
+        pytest.skip("no AReaL source tree (set FLIP_UPSTREAM_AREAL_SRC)")
+    given = {"prompt": INSTRUCTION, "messages": MESSAGES, "responses": [GROUP[0]]}
+    got = drive("areal", unavailable_url, given, str(source))
+    assert "HTTP 503" in got["error"] and "rewards" not in got  # retried 3 times by AReaL, then raised
