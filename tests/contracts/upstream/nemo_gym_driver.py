@@ -1,8 +1,9 @@
 """Run in a virtualenv with nemo-gym (Gym 07d6b0d) installed, with the path of
 examples/nemo_gym/resources_servers/flip_reward as argv[1]:
 
-1. Gym's own config validation: our yaml's entries are server instances; an entry that names a
-   host and port but no entrypoint (an "external" server) is not one.
+1. Gym's own config handling: with NEMO_GYM_EXTRA_ROOTS=examples/nemo_gym, the relative config path
+   and server folder a NeMo RL user lists resolve to ours; our yaml's entries are server instances;
+   an entry that names a host and port but no entrypoint (an "external" server) is not one.
 2. The forwarding server, built by Gym's SimpleResourcesServer, answers /seed_session and /verify
    through Gym's aiohttp client against flip-reward ($FLIP_REWARD_URL).
 
@@ -27,7 +28,14 @@ from nemo_gym.server_utils import (
 )
 from omegaconf import OmegaConf
 
-server_dir = Path(sys.argv[1])
+server_dir = Path(sys.argv[1]).resolve()
+os.environ["NEMO_GYM_EXTRA_ROOTS"] = str(server_dir.parents[1])
+from nemo_gym.cli.env import _resolve_server_dir  # noqa: E402
+from nemo_gym.global_config import _resolve_under_cwd_or_install  # noqa: E402
+
+assert _resolve_server_dir(Path("resources_servers/flip_reward")) == server_dir
+config_path = _resolve_under_cwd_or_install("resources_servers/flip_reward/configs/flip_reward.yaml")
+assert Path(config_path) == server_dir / "configs" / "flip_reward.yaml"
 for name, entry in OmegaConf.load(server_dir / "configs" / "flip_reward.yaml").items():
     config, error = maybe_get_server_instance_config(name, entry)
     assert config is not None, error
