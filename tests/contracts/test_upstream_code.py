@@ -54,6 +54,36 @@ def drive(stack: str, url: str, given: dict, *args: str) -> object:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def upstream_areal_source() -> Path:
+    source = Path(os.environ.get("FLIP_UPSTREAM_AREAL_SRC") or "/tmp/up-areal")
+    if not (source / "areal" / "api" / "reward_api.py").exists():
+        pytest.skip("no AReaL source tree (set FLIP_UPSTREAM_AREAL_SRC)")
+    return source
+
+
+def upstream_driver_input(stack: str, messages: list[dict], responses: list[str]) -> dict:
+    """What each driver reads: the conversation and the responses, in its stack's form (SkyRL and
+    AReaL decode the generation with its EOS token)."""
+    if stack == "verifiers":
+        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        return {"instruction": messages[-1]["content"], "system": system, "responses": responses}
+    if stack == "areal":
+        prompt = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        eos = [r + "<|im_end|>" for r in responses]
+        return {"prompt": prompt + "<|im_start|>assistant\n", "messages": messages, "responses": eos}
+    if stack == "skyrl":
+        return {"messages": messages, "responses": [r + "<|im_end|>" for r in responses]}
+    return {"messages": messages, "responses": responses}
+
+
+def results_rewards(stack: str, got) -> list[float]:
+    if stack == "nemo_gym":
+        return [r["reward"] for r in got["results"]]
+    if stack == "areal":
+        return got["rewards"]
+    return [r["reward"] for r in got]
+
+
 @pytest.fixture(scope="module")
 def expected(live):
     return batch_rewards(live, [{"messages": MESSAGES, "response": r} for r in GROUP])
@@ -98,23 +128,11 @@ def test_nemo_gym_forwarding_server_and_config(live, expected):
 
 
 def test_areal_async_reward_wrapper_runs_the_reward_fn_by_its_path(live, expected):
-    source = Path(os.environ.get("FLIP_UPSTREAM_AREAL_SRC") or "/tmp/up-areal")
-    if not (source / "areal" / "api" / "reward_api.py").exists():
-        pytest.skip("no AReaL source tree (set FLIP_UPSTREAM_AREAL_SRC)")
-    chatml = "<|im_start|>system\nBe helpful.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-    given = {
-        "prompt": chatml.format(INSTRUCTION),
-        "messages": MESSAGES,
-        "responses": [r + "<|im_end|>" for r in GROUP],
-    }
-    got = drive("areal", live.url, given, str(source))
-    assert got["rewards"] == pytest.approx(expected, abs=1e-6)
+    got = drive("areal", live.url, upstream_driver_input("areal", MESSAGES, GROUP), str(upstream_areal_source()))
+    assert results_rewards("areal", got) == pytest.approx(expected, abs=1e-6)
 
 
 def test_areal_a_failing_service_raises_through_the_wrapper_never_0(unavailable_url):
-    source = Path(os.environ.get("FLIP_UPSTREAM_AREAL_SRC") or "/tmp/up-areal")
-    if not (source / "areal" / "api" / "reward_api.py").exists():
-        pytest.skip("no AReaL source tree (set FLIP_UPSTREAM_AREAL_SRC)")
-    given = {"prompt": INSTRUCTION, "messages": MESSAGES, "responses": [GROUP[0]]}
-    got = drive("areal", unavailable_url, given, str(source))
+    given = upstream_driver_input("areal", MESSAGES, [GROUP[0]])
+    got = drive("areal", unavailable_url, given, str(upstream_areal_source()))
     assert "HTTP 503" in got["error"] and "rewards" not in got  # retried 3 times by AReaL, then raised

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -398,3 +399,19 @@ def test_group_through_areal_reward_fn(flip_env, http, tokenizer, group, group_i
         [{"messages": smollm_messages(tokenizer, group_instruction), "response": c} for c in group[:2]],
     )
     assert [reward_fn(prompt, c + tokenizer.eos_token, [1], [2]) for c in group[:2]] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("stack", ["verifiers", "skyrl", "nemo_gym", "areal"])
+def test_group_through_upstream_code(server, http, stack, group, group_instruction, group_expected):
+    """Each stack's own call path (tests/contracts/upstream/, run from a scratch virtualenv with the
+    upstream package; skipped without one) against the real engine."""
+    from tests.contracts.test_upstream_code import drive, results_rewards, upstream_areal_source, upstream_driver_input
+
+    messages = [{"role": "user", "content": group_instruction}]
+    args = [str(upstream_areal_source())] if stack == "areal" else []
+    if stack == "nemo_gym":
+        args = [
+            str(Path(__file__).resolve().parents[2] / "examples" / "nemo_gym" / "resources_servers" / "flip_reward")
+        ]
+    got = drive(stack, server.url, upstream_driver_input(stack, messages, group), *args)
+    assert_group(results_rewards(stack, got), group_expected)
