@@ -209,22 +209,26 @@ class FlipClient(_Base):
             time.sleep(self.retry.delay(attempt, outcome.retry_after))
         raise AssertionError("unreachable")
 
-    def _chunk(self, items: Sequence[dict], similarity: str | None, details: bool) -> list[dict | None]:
+    def _chunk(
+        self, items: Sequence[dict], similarity: str | None, details: bool, options: dict | None = None
+    ) -> list[dict | None]:
         try:
-            return self._post("/batch_reward", self._batch_body(items, similarity, details))["results"]
+            return self._post("/batch_reward", self._batch_body(items, similarity, details, options))["results"]
         except FlipRequestError as exc:
             if self._none_instead(exc):
                 return [None] * len(items)
             raise
 
-    def score(self, items: Sequence[dict], similarity: str | None = None, details: bool = False) -> list[dict | None]:
+    def score(
+        self, items: Sequence[dict], similarity: str | None = None, details: bool = False, options: dict | None = None
+    ) -> list[dict | None]:
         """One result dict per item, in input order (None for items of a chunk that failed,
         with on_failure='none')."""
         chunks = chunked(items, self.chunk_size)
         if len(chunks) <= 1:
-            return self._chunk(items, similarity, details) if items else []
+            return self._chunk(items, similarity, details, options) if items else []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(chunks))) as pool:
-            parts = list(pool.map(lambda c: self._chunk(c, similarity, details), chunks))
+            parts = list(pool.map(lambda c: self._chunk(c, similarity, details, options), chunks))
         return [result for part in parts for result in part]
 
     def rewards(self, items: Sequence[dict], similarity: str | None = None) -> list[float | None]:

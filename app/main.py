@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.api import compat, health, rank, reward
+from app.api import compat, health, nemo_gym, rank, reward
 from app.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
 from app.api.errors import install_error_handlers, send_error
 from app.api.limits import BodyLimitMiddleware
@@ -137,6 +137,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(rank.router)
     app.include_router(compat.router)
+    app.include_router(nemo_gym.router)
     if keys:
         plain_openapi = app.openapi
 

@@ -98,7 +98,7 @@ ABORTS = Counter("flip_aborts_total", "Requests whose client disconnected; their
 # window miss that increment: the first guard triggers after a start would never reach an alert.
 # The label values are the ones the service can produce; tests/unit/test_metrics.py checks them
 # against the code that produces them (score_items' routes, guard_of, the Literals below).
-SCORING_ROUTES = ("/reward", "/batch_reward", "/rank", "/get_reward", "/slime_reward")
+SCORING_ROUTES = ("/reward", "/batch_reward", "/rank", "/get_reward", "/slime_reward", "/verify")
 GUARDS = ("copies_deleted", "keyword_stuffing", "unscorable")
 METHODS: tuple[str, ...] = get_args(Method)
 UNSCORABLE_REASONS: tuple[str, ...] = get_args(UnscorableReason)

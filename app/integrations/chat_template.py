@@ -24,6 +24,7 @@ Messages = list[dict[str, str]]
 
 _ROLES = {
     "system": "system",
+    "developer": "system",
     "user": "user",
     "human": "user",
     "assistant": "assistant",
@@ -136,13 +137,18 @@ def instruction_messages(prompt: str | Messages, extra_tokens: Iterable[str] = (
     return messages[: last_user + 1]
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")  # chat completions, then the Responses API's in and out
+
+
 def message_text(message: dict) -> str:
-    """The text of a message whose content is a string or a list of parts (OpenAI/TRL style)."""
+    """The text of a message whose content is a string or a list of parts (OpenAI chat or Responses style)."""
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+        return "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type", "text") in TEXT_PARTS
+        )
     return ""
 
 

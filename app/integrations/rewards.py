@@ -10,6 +10,7 @@ None only comes back where the caller asked for it (on_failure="none").
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Iterable
 
@@ -70,3 +71,13 @@ def as_urls(value: object, default: str) -> tuple[str, ...]:
     if not urls:
         raise ValueError("base_url: give at least one URL")
     return urls
+
+
+URL_ENV, API_KEY_ENV = "FLIP_REWARD_URL", "FLIP_REWARD_API_KEY"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def env_service() -> tuple[tuple[str, ...], str | None]:
+    """The service for adapters that a trainer loads by import path, with no arguments of ours:
+    $FLIP_REWARD_URL (a URL or "a,b"; default http://127.0.0.1:8000) and $FLIP_REWARD_API_KEY."""
+    return as_urls(os.environ.get(URL_ENV), DEFAULT_URL), os.environ.get(API_KEY_ENV) or None

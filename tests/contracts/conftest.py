@@ -45,8 +45,14 @@ class Live:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
+    # The watchdog never ticks here: a test that makes the engine unhealthy for a moment must not
+    # have it declared dead (the service would stay down for every later test of the session).
     settings = Settings(
-        cache_dir=tmp_path_factory.mktemp("live"), max_tokens=32, method="likelihood", log_format="text"
+        cache_dir=tmp_path_factory.mktemp("live"),
+        max_tokens=32,
+        method="likelihood",
+        log_format="text",
+        watchdog_interval_s=3600,
     )
     engine = FakeEngine()
     service = FlipService(settings, engine_factory=lambda s: engine, embedder_factory=lambda s: HashEmbedder())
@@ -74,3 +80,32 @@ def batch_rewards(live: Live, items: list[dict]) -> list[float]:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def unavailable_url():
+    """A service that answers every request with 503 and Retry-After (an engine that died, the
+    models still loading), in the service's error shape: the failure path of an adapter, without
+    failing the live service's engine (its watchdog would end the session's service)."""
+    import http.server
+    import json
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.dumps({"error": {"type": "engine_error", "message": "the engine failed"}}).encode()
+            self.send_response(503)
+            self.send_header("content-type", "application/json")
+            self.send_header("retry-after", "0")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

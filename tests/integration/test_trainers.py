@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -325,3 +327,91 @@ def test_group_through_open_instruct_verifier(server, group, group_instruction, 
 
     results = asyncio.run(step())
     assert_group([r.score for r in results], group_expected, [r.reasoning for r in results])
+
+
+# --- the same group through the verifiers, NeMo Gym, SkyRL and AReaL adapters and route
+
+
+@pytest.fixture
+def flip_env(server, monkeypatch):
+    """The adapters that trainers load by import path read the service from the environment."""
+    monkeypatch.setenv("FLIP_REWARD_URL", server.url)
+    return server
+
+
+def test_group_through_verifiers_reward(flip_env, group, group_instruction, group_expected):
+    from app.integrations.verifiers import reward
+    from tests.contracts.test_more_trainer_contracts import Trace, verifiers_rollout_close
+
+    task = SimpleNamespace(prompt=[{"role": "user", "content": group_instruction}], system_prompt=None)
+
+    async def rollouts():
+        return await asyncio.gather(*(verifiers_rollout_close(task, Trace(c), {"flip": (reward, 1.0)}) for c in group))
+
+    traces = asyncio.run(rollouts())
+    assert not any(t.has_error for t in traces)
+    assert_group([t.reward for t in traces], group_expected)
+    assert [t.metrics["flip_unscorable"] for t in traces] == [float(i in UNSCORABLE) for i in range(8)]
+
+
+def test_group_through_nemo_gym_verify_route(http, group, group_instruction, group_expected):
+    def row(text):
+        output = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
+        return {
+            "responses_create_params": {"input": [{"role": "user", "content": group_instruction}]},
+            "response": {"id": "resp", "object": "response", "output": output if text else []},
+        }
+
+    assert http.post("/seed_session", json=row("x")).json() == {}
+    replies = [http.post("/verify", json=row(c)).json() for c in group]
+    assert_group([r["reward"] for r in replies], group_expected, [r["flip_unscorable_reason"] for r in replies])
+    assert len({frozenset(r) for r in replies}) == 1
+
+
+def test_group_through_skyrl_env(flip_env, group, group_instruction, group_expected):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.integrations.skyrl import FlipEnv
+
+    def trajectory(completion):
+        env = FlipEnv(env_config={}, extras={"max_turns": 1})
+        env.init([{"role": "user", "content": group_instruction}])
+        step = env.step(completion + "<|im_end|>")
+        assert step["done"]
+        return step["reward"], env.get_metrics()
+
+    with ThreadPoolExecutor(max_workers=32) as pool:  # SkyRL's env pool
+        results = list(pool.map(trajectory, group))
+    assert_group([reward for reward, _ in results], group_expected)
+    assert len({frozenset(m) for _, m in results}) == 1
+
+
+def test_group_through_areal_reward_fn(flip_env, http, tokenizer, group, group_instruction, group_expected):
+    from app.integrations.areal import reward_fn
+
+    messages = [{"role": "user", "content": group_instruction}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rewards = [reward_fn(prompt, c + tokenizer.eos_token, [1], [2], messages=messages) for c in group]
+    assert_group(rewards, group_expected)
+    # without `messages`, from the templated prompt: SmolLM2's template adds its system message
+    expected = batch_rewards(
+        http,
+        [{"messages": smollm_messages(tokenizer, group_instruction), "response": c} for c in group[:2]],
+    )
+    assert [reward_fn(prompt, c + tokenizer.eos_token, [1], [2]) for c in group[:2]] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("stack", ["verifiers", "skyrl", "nemo_gym", "areal"])
+def test_group_through_upstream_code(server, http, stack, group, group_instruction, group_expected):
+    """Each stack's own call path (tests/contracts/upstream/, run from a scratch virtualenv with the
+    upstream package; skipped without one) against the real engine."""
+    from tests.contracts.test_upstream_code import drive, results_rewards, upstream_areal_source, upstream_driver_input
+
+    messages = [{"role": "user", "content": group_instruction}]
+    args = [str(upstream_areal_source())] if stack == "areal" else []
+    if stack == "nemo_gym":
+        args = [
+            str(Path(__file__).resolve().parents[2] / "examples" / "nemo_gym" / "resources_servers" / "flip_reward")
+        ]
+    got = drive(stack, server.url, upstream_driver_input(stack, messages, group), *args)
+    assert_group(results_rewards(stack, got), group_expected)
