@@ -153,8 +153,9 @@ class BatchRewardRequest(ScoringOptions):
 
 class Similarities(BaseModel):
     f1: float
-    embedding: float
-    hybrid: float
+    # None on an f1 request: it does not load the embedder (app/embeddings/on_demand.py)
+    embedding: float | None = None
+    hybrid: float | None = None
 
 
 class Usage(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from app import metrics
 from app.config import Settings
-from app.embeddings.encoder import Embedder
+from app.embeddings.encoder import EmbeddingEncoder
 from app.engines.base import Engine
 from app.engines.prompt_logprobs import UnreadablePromptLogprobs
 from app.scoring import guards
@@ -70,7 +70,7 @@ class Scorer:
     def __init__(
         self,
         engine: Engine,
-        embedder: Embedder | None,
+        embedder: EmbeddingEncoder | None,
         settings: Settings,
         split_prefill: bool | None = None,
         baseline_from_cache: bool | None = None,
