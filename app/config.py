@@ -9,6 +9,8 @@ classes.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -17,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Similarity = Literal["f1", "embedding", "hybrid"]
 Method = Literal["generate", "likelihood", "judge"]
-PromptMode = Literal["paper", "direct", "fewshot", "prefix"]
+PromptMode = Literal["paper", "direct"]
 
 
 def _default_cache_dir() -> Path:
@@ -173,8 +175,7 @@ class ScoringSettings(SettingsGroup):
     likelihood_scale: float = Field(
         1.0,
         gt=0.0,
-        description="reward = sigmoid(score / scale) (score: pmi, or its contrast with the distractors), or "
-        "exp(mean log-prob / scale) with baseline `none` and no distractors.",
+        description="reward = sigmoid(score / scale); score: pmi, or its contrast with the distractors.",
     )
     max_instruction_tokens: int = Field(
         256, ge=8, description="Instruction tokens scored by `likelihood` (the rest cut)."
@@ -204,9 +205,8 @@ class ScoringSettings(SettingsGroup):
     )
     prompt_mode: PromptMode = Field(
         "direct",
-        description="`generate`'s prompt: `paper` (reasoning + JSON), `direct` (the instruction only), "
-        "`fewshot` (`direct` after two worked examples) or `prefix` (`direct` with the answer started as "
-        '`Instruction: "`, one line); see docs/experiments/prompt-modes.md.',
+        description="`generate`'s prompt: `direct` (the instruction only) or `paper` (reasoning + JSON, the "
+        "paper's format); see docs/experiments/prompt-modes.md.",
     )
 
 
@@ -311,17 +311,28 @@ class RemoteSettings(SettingsGroup):
         return value
 
 
-class ExperimentalSettings(SettingsGroup):
-    title = "Experimental (measured and not adopted; for comparison runs)"
+# Settings that were removed, with what replaced them. Set in the environment to a value that would
+# have changed the rewards, they stop the start instead of being ignored; the value that is now
+# built in is accepted (the migration notes are in CHANGELOG.md).
+REMOVED_SETTINGS: dict[str, tuple[set[str], str]] = {
+    "FLIP_LIKELIHOOD_BASELINE": (
+        {"pmi"},
+        "removed: the likelihood method always subtracts the PMI baseline (`none` was measured and not "
+        "adopted); unset it",
+    ),
+    "FLIP_STRUCTURED_OUTPUT": (
+        {"false", "0", "no", "off", ""},
+        "removed: paper-mode output is no longer constrained to its JSON shape (measured: no accuracy gain, "
+        "slower); the comparison lives in bench/experiments.py; unset it",
+    ),
+}
 
-    likelihood_baseline: Literal["none", "pmi"] = Field(
-        "pmi",
-        description="`pmi`: subtract log p(instruction) without the response; `none`: plain "
-        "log p(instruction | response).",
-    )
-    structured_output: bool = Field(
-        False, description="Constrain paper-mode output to its JSON shape (vLLM structured outputs, a regex)."
-    )
+
+def check_removed_settings(environ: Mapping[str, str]) -> None:
+    for name, (built_in, why) in REMOVED_SETTINGS.items():
+        value = environ.get(name)
+        if value is not None and value.strip().lower() not in built_in:
+            raise ValueError(f"{name}={value!r}: {why}")
 
 
 # The README's order of sections; Settings has every group's fields.
@@ -331,17 +342,17 @@ SETTING_GROUP_CLASSES: tuple[type[SettingsGroup], ...] = (
     ScoringSettings,
     LimitsSettings,
     RemoteSettings,
-    ExperimentalSettings,
 )
 
 
-class Settings(ExperimentalSettings, RemoteSettings, LimitsSettings, ScoringSettings, EngineSettings, ServerSettings):
+class Settings(RemoteSettings, LimitsSettings, ScoringSettings, EngineSettings, ServerSettings):
     """Every group's settings, read flat (settings.max_model_len); the checks that span groups."""
 
     title = "All settings"
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        check_removed_settings(os.environ)
         if self.max_tokens >= self.max_model_len:
             raise ValueError("max_tokens must be smaller than max_model_len")
         if self.engine == "remote" and not self.remote_urls:

@@ -153,7 +153,6 @@ class FlipService:
             "method": s.method,
             "methods": list(get_args(Method)),
             "likelihood": {
-                "baseline": s.likelihood_baseline,
                 "scale": s.likelihood_scale,
                 "distractors": s.likelihood_distractors,
                 "distractor_instructions": list(DISTRACTOR_INSTRUCTIONS[: s.likelihood_distractors]),
@@ -172,7 +171,6 @@ class FlipService:
                 "max_queued_items": s.max_queued_items,
                 "request_timeout_s": s.request_timeout_s,
                 "max_request_timeout_s": s.max_request_timeout_s,
-                "structured_output": s.structured_output,
                 "engine": self.engine.stats() if self.engine else None,
                 "embedding_cache": self.embedder.cache_info(),
             },

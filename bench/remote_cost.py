@@ -251,7 +251,7 @@ def main() -> None:
         "items": args.items,
         "servers": args.servers,
         "distractors": settings.likelihood_distractors,
-        "baseline": settings.likelihood_baseline,
+        "baseline": "pmi",
     }
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")

@@ -66,6 +66,7 @@ class FakeEngine(Engine):
         self.healthy = True
         self.calls: list[list[int]] = []
         self.scored_from: list[int] = []  # prompt_logprobs' hint, per call
+        self.logprob_calls: list[tuple[list[int], int]] = []  # (prompt, scored_from) of each prompt_logprobs call
         self.shut_down = False
         self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
         self.running = 0  # generations in progress; a cancelled one leaves at once
@@ -115,6 +116,7 @@ class FakeEngine(Engine):
         """A copying model: a word seen earlier in the prompt is likely (-0.1), a new one is not (-3)."""
         self.calls.append(prompt_token_ids)
         self.scored_from.append(scored_from)
+        self.logprob_calls.append((prompt_token_ids, scored_from))
         await asyncio.sleep(0)
         return [None] + [-0.1 if t in prompt_token_ids[:i] else -3.0 for i, t in enumerate(prompt_token_ids) if i > 0]
 

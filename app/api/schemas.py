@@ -100,8 +100,8 @@ class ScoringOptions(BaseModel):
     )
     prompt_mode: PromptMode | None = Field(
         None,
-        description="generate only: paper (reasoning + JSON), direct, fewshot or prefix (see README); unset: the "
-        "server default.",
+        description="generate only: direct (the instruction only) or paper (reasoning + JSON); unset: the server "
+        "default.",
     )
     copy_guard: bool | None = Field(
         None,

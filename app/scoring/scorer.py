@@ -72,8 +72,6 @@ class Scorer:
         engine: Engine,
         embedder: EmbeddingEncoder | None,
         settings: Settings,
-        split_prefill: bool | None = None,
-        baseline_from_cache: bool | None = None,
     ) -> None:
         self.engine = engine
         self.embedder = embedder
@@ -81,8 +79,7 @@ class Scorer:
         self.fitter = PromptFitter(engine.tokenizer, engine.max_model_len, settings.strip_think)
         self.methods: dict[str, ScoringMethod] = {
             "generate": Generate(self.fitter, settings, embedder),
-            # None: as the engine allows (a benchmark compares the ways)
-            "likelihood": Likelihood(self.fitter, settings, split_prefill, baseline_from_cache),
+            "likelihood": Likelihood(self.fitter, settings),
             "judge": Judge(self.fitter, settings),
         }
 

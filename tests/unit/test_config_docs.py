@@ -41,3 +41,16 @@ def test_a_block_size_the_cpu_backend_cannot_take_is_refused_naming_the_setting(
         check_block_size(16, on_cpu=True)
     check_block_size(16, on_cpu=False)  # GPUs take 16
     check_block_size(64, on_cpu=True)
+
+
+def test_a_removed_setting_that_would_change_rewards_stops_the_start(monkeypatch):
+    monkeypatch.setenv("FLIP_LIKELIHOOD_BASELINE", "pmi")  # what is built in now: accepted
+    monkeypatch.setenv("FLIP_STRUCTURED_OUTPUT", "false")
+    Settings()
+    monkeypatch.setenv("FLIP_LIKELIHOOD_BASELINE", "none")
+    with pytest.raises(ValueError, match="FLIP_LIKELIHOOD_BASELINE='none': removed"):
+        Settings()
+    monkeypatch.delenv("FLIP_LIKELIHOOD_BASELINE")
+    monkeypatch.setenv("FLIP_STRUCTURED_OUTPUT", "true")
+    with pytest.raises(ValueError, match="FLIP_STRUCTURED_OUTPUT='true': removed"):
+        Settings()

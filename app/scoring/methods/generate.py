@@ -9,7 +9,6 @@ from app import metrics
 from app.config import Settings
 from app.embeddings.encoder import EmbeddingEncoder
 from app.engines.base import Engine, GenerationParams
-from app.scoring.constraints import paper_output_regex
 from app.scoring.fitting import Fitted, PromptFitter
 from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
 from app.scoring.methods.engine_calls import gather, timed_generate
@@ -33,13 +32,11 @@ class Generate:
         )
 
     def params(self, fitted: Fitted, options: ScoreOptions) -> GenerationParams:
-        constrain = self.settings.structured_output and options.prompt_mode == "paper"
         return GenerationParams(
             max_tokens=self.settings.max_tokens,
             temperature=self.settings.temperature,
             seed=self.settings.seed,
             stop=fitted.stop,
-            regex=paper_output_regex(fitted.answer_prefix) if constrain else None,
         )
 
     async def run(
