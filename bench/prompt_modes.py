@@ -50,12 +50,13 @@ async def run(n_pairs: int, only: list[str] | None) -> dict:
     from app.config import Settings
     from app.scoring.scorer import ScoreItem, ScoreOptions
     from app.service import FlipService
+    from bench.experiments import experiment_scorer
 
     pairs = load_pairs(n_pairs)
     items = [ScoreItem(p["prompt"], p[k]) for p in pairs for k in ("chosen", "rejected")]
     service = FlipService(Settings())
     await service.load()
-    if service.scorer is None:
+    if service.scorer is None or service.engine is None:
         raise SystemExit(service.load_error)
     results = {}
     try:
@@ -63,13 +64,14 @@ async def run(n_pairs: int, only: list[str] | None) -> dict:
             if only and name not in only:
                 continue
             print(f"{name} ...", flush=True)
-            service.settings.structured_output = structured
+            # the service's scorer with the experiments the service no longer has (bench/experiments.py)
+            scorer = experiment_scorer(service.engine, service.embedder, service.settings, structured_output=structured)
             await service.engine._llm.reset_prefix_cache()  # no head start from the mode before
             started = time.perf_counter()
             options = ScoreOptions(
                 similarity=service.settings.similarity, prompt_mode=mode, method=method, distractors=distractors
             )
-            scored = await service.scorer.score(items, options)
+            scored = await scorer.score(items, options)
             seconds = time.perf_counter() - started
             wins = ties = 0.0
             for i in range(0, len(scored), 2):

@@ -80,16 +80,16 @@ async def run_local(items, method: str) -> dict:
 
     engine = await asyncio.to_thread(load_vllm_engine, Settings())
     counts = {"requests": 0, "prompt": 0, "cached": 0}
-    final_output = engine._final_output
+    raw_call = engine._consume  # each request the engine runs (under its supervision)
 
     async def counted(prompt_token_ids, sampling_params):
-        out = await final_output(prompt_token_ids, sampling_params)
+        out = await raw_call(prompt_token_ids, sampling_params)
         counts["requests"] += 1
         counts["prompt"] += len(prompt_token_ids)
         counts["cached"] += out.num_cached_tokens or 0
         return out
 
-    engine._final_output = counted
+    engine._consume = counted
     try:
         await score(engine, items[:1], method)  # warm-up: the first requests pay one-time costs
         await engine._llm.reset_prefix_cache()
@@ -251,7 +251,7 @@ def main() -> None:
         "items": args.items,
         "servers": args.servers,
         "distractors": settings.likelihood_distractors,
-        "baseline": settings.likelihood_baseline,
+        "baseline": "pmi",
     }
     out.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
     print(f"wrote {out}")

@@ -68,16 +68,16 @@ async def _score(engine, scorer, module, items: list[dict], settings, method: st
 async def main(args: argparse.Namespace) -> int:
     from app.config import Settings
     from app.scoring import items as new_items
-    from app.scoring.scorer import Scorer
     from app.service import load_embedder, load_vllm_engine
+    from bench.experiments import experiment_scorer
 
     settings = Settings()
     engine = await asyncio.to_thread(load_vllm_engine, settings)
     embedder = await asyncio.to_thread(load_embedder, settings)
     old_module = load_old_scorer(args.against)
     old = old_module.Scorer(engine, embedder, settings)
-    one_request = Scorer(engine, embedder, settings, split_prefill=False, baseline_from_cache=False)
-    prefill = Scorer(engine, embedder, settings, split_prefill=True, baseline_from_cache=True)
+    one_request = experiment_scorer(engine, embedder, settings, likelihood_arm=(False, False))
+    prefill = experiment_scorer(engine, embedder, settings, likelihood_arm=(True, True))
     pairs = load_pairs()[: args.items] + [{"id": f"crafted-{k}", **c} for k, c in enumerate(_CRAFTED)]
     rows, failed = [], False
     try:

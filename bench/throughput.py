@@ -107,12 +107,12 @@ def score_options(settings, method: str | None = None):
     )
 
 
-async def score_raw(engine, embedder, settings, items: list[dict], split_prefill: bool | None = None) -> list:
+async def score_raw(engine, embedder, settings, items: list[dict]) -> list:
     """The service's own scoring (copy guard, the method's prepare and run, the same arithmetic) on
     every item in one call: the service minus HTTP and its micro-batcher."""
     from app.scoring.scorer import ScoreItem, Scorer
 
-    scorer = Scorer(engine, embedder, settings, split_prefill)
+    scorer = Scorer(engine, embedder, settings)
     return await scorer.score(
         [ScoreItem(i["prompt"], i["response"], id=i.get("id")) for i in items], score_options(settings)
     )
@@ -209,7 +209,7 @@ def run_likelihood_ab(
     concurrent singles, the order alternating and the prefix cache emptied before each, so the
     machine's load changes hit both arms alike."""
     from app.config import Settings
-    from app.scoring.scorer import Scorer
+    from bench.experiments import experiment_scorer
 
     settings = Settings(method="likelihood")
     options = score_options(settings)
@@ -217,7 +217,7 @@ def run_likelihood_ab(
     async def main() -> dict:
         engine, _ = await asyncio.to_thread(_start_engine, settings)
         counter = LogprobCounter(engine)
-        scorers = {arm: Scorer(counter, None, settings, *LIKELIHOOD_ARMS[arm]) for arm in arms}
+        scorers = {arm: experiment_scorer(counter, None, settings, likelihood_arm=LIKELIHOOD_ARMS[arm]) for arm in arms}
         empty = {"seconds": 0.0, "logprob_positions": 0, "requests": 0, "prompt_tokens": 0}
         totals = {arm: {**empty, "rewards": [], "rounds": []} for arm in scorers}
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -53,7 +52,10 @@ def echo_response(prompt: str) -> str:
 
 
 class FakeEngine(Engine):
-    """Answers with reply(prompt_text); the answer prefix the scorer adds is cut off first."""
+    """Answers with reply(prompt_text); the answer prefix the scorer adds is cut off first. The
+    outstanding count, progress and failure race come from Engine.supervised, as in the real engines."""
+
+    label = "fake engine"
 
     def __init__(self, reply: Callable[[str], str] = echo_response, max_model_len: int = 512) -> None:
         super().__init__()
@@ -64,6 +66,7 @@ class FakeEngine(Engine):
         self.healthy = True
         self.calls: list[list[int]] = []
         self.scored_from: list[int] = []  # prompt_logprobs' hint, per call
+        self.logprob_calls: list[tuple[list[int], int]] = []  # (prompt, scored_from) of each prompt_logprobs call
         self.shut_down = False
         self.delay_s = 0.0  # seconds each generation takes (to test deadlines and queueing)
         self.running = 0  # generations in progress; a cancelled one leaves at once
@@ -75,41 +78,31 @@ class FakeEngine(Engine):
         return self._tokenizer
 
     def mark_failed(self, reason: str) -> None:
-        self.failure = reason
+        super().mark_failed(reason)
         self.healthy = False
 
-    def _start(self) -> None:
-        if self.failure is not None or not self.healthy:
-            raise EngineUnavailable(f"fake engine is down: {self.failure}")
-        if self.outstanding_requests == 0:
-            self.last_progress_at = time.monotonic()  # an idle engine has not stalled
-        self.outstanding_requests += 1
-
-    def _finish(self) -> None:
-        self.outstanding_requests -= 1
-        self.last_progress_at = time.monotonic()
+    def check_available(self) -> None:
+        super().check_available()
+        if not self.healthy:
+            raise EngineUnavailable("fake engine is down")
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
-        self._start()
+        return await self.supervised(self._generate, prompt_token_ids, params)
+
+    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+        return await self.supervised(self._prompt_logprobs, prompt_token_ids, scored_from)
+
+    async def _generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
+        """The raw call: waits delay_s (or, stuck, until the supervision gives up on it), then replies."""
+        self.calls.append(prompt_token_ids)
+        self.last_params = params
+        self.running += 1
         try:
-            self.calls.append(prompt_token_ids)
-            self.last_params = params
-            self.running += 1
-            try:
-                deadline = time.monotonic() + self.delay_s
-                while (left := deadline - time.monotonic()) > 0:  # a failure ends the wait, as in the real engines
-                    if self.failure is not None:
-                        raise EngineUnavailable(f"fake engine failed: {self.failure}")
-                    await asyncio.sleep(min(left, 0.01))
-            finally:
-                self.running -= 1
-            await asyncio.sleep(0)
-            while self.stuck and self.healthy:  # noqa: ASYNC110  # stuck until the watchdog fails the engine
+            await asyncio.sleep(self.delay_s)
+            while self.stuck:  # noqa: ASYNC110  # stuck until the watchdog fails the engine
                 await asyncio.sleep(0.01)
-            if self.stuck:
-                raise EngineUnavailable(f"fake engine failed: {self.failure}")
         finally:
-            self._finish()
+            self.running -= 1
         prompt = self.tokenizer.decode(prompt_token_ids)
         text = self.reply(prompt)
         prefix = '{"REASONING": "'
@@ -119,15 +112,12 @@ class FakeEngine(Engine):
             return Generation(" ".join(words[: params.max_tokens]), len(prompt_token_ids), params.max_tokens, "length")
         return Generation(text, len(prompt_token_ids), len(text.split()), "stop")
 
-    async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
+    async def _prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int) -> list[float | None]:
         """A copying model: a word seen earlier in the prompt is likely (-0.1), a new one is not (-3)."""
-        self._start()
-        try:
-            self.calls.append(prompt_token_ids)
-            self.scored_from.append(scored_from)
-            await asyncio.sleep(0)
-        finally:
-            self._finish()
+        self.calls.append(prompt_token_ids)
+        self.scored_from.append(scored_from)
+        self.logprob_calls.append((prompt_token_ids, scored_from))
+        await asyncio.sleep(0)
         return [None] + [-0.1 if t in prompt_token_ids[:i] else -3.0 for i, t in enumerate(prompt_token_ids) if i > 0]
 
     def is_healthy(self) -> bool:

@@ -17,7 +17,8 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """200 once the engine and the embedder are loaded; 503 before that and after the engine dies."""
+    """200 once the engine (and the embedder, where the default method needs it) is loaded; 503 before
+    that and after the engine dies."""
     service = request.app.state.service
     if service.ready:
         return JSONResponse({"status": "ready"})

@@ -100,8 +100,8 @@ class ScoringOptions(BaseModel):
     )
     prompt_mode: PromptMode | None = Field(
         None,
-        description="generate only: paper (reasoning + JSON), direct, fewshot or prefix (see README); unset: the "
-        "server default.",
+        description="generate only: direct (the instruction only) or paper (reasoning + JSON); unset: the server "
+        "default.",
     )
     copy_guard: bool | None = Field(
         None,
@@ -153,8 +153,9 @@ class BatchRewardRequest(ScoringOptions):
 
 class Similarities(BaseModel):
     f1: float
-    embedding: float
-    hybrid: float
+    # None on an f1 request: it does not load the embedder (app/embeddings/on_demand.py)
+    embedding: float | None = None
+    hybrid: float | None = None
 
 
 class Usage(BaseModel):

@@ -15,11 +15,19 @@ import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from app import metrics
 from app.batching import MicroBatcher
+
+
+class EmbeddingEncoder(Protocol):
+    """What the similarity step uses: an Embedder, one loaded on demand (app/embeddings/on_demand.py)
+    or the unit tests' HashEmbedder."""
+
+    async def aencode(self, texts: list[str], cached: bool = False) -> np.ndarray: ...
 
 
 class Embedder:

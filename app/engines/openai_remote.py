@@ -62,6 +62,8 @@ class RemoteRequestError(RuntimeError):
 
 
 class RemoteEngine(Engine):
+    label = "the remote engine"
+
     def __init__(
         self,
         urls: list[str],
@@ -106,7 +108,6 @@ class RemoteEngine(Engine):
             connection_lifetime_s,
             transport,
         )
-        self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
         self._closed = False
         self.prompt_tokens = 0  # sent, and of those, found in the servers' prefix caches (where reported)
         self.cached_tokens = 0
@@ -224,30 +225,21 @@ class RemoteEngine(Engine):
             self._connections.release(pool)
 
     async def _post(self, path: str, payload: dict[str, Any], token_ids: list[int]) -> dict[str, Any]:
-        """POST to one server, retrying on others; waits on the watchdog's verdict beside it."""
-        self._check_alive()
-        if self._failed is None:
-            self._failed = asyncio.get_running_loop().create_future()
-        if self.resolve_s > 0:
-            if self._resolving is None:
-                self._resolving = asyncio.ensure_future(self._resolve_forever())
-            if not self._resolved.is_set():  # the first resolution before the first choice
-                await asyncio.wait([asyncio.ensure_future(self._resolved.wait())], timeout=10.0)
-        if self.outstanding_requests == 0:
-            self.last_progress_at = time.monotonic()  # an idle fleet has not stalled
-        self.outstanding_requests += 1
-        attempt = asyncio.ensure_future(self._post_with_retries(path, payload, token_ids))
-        try:
-            await asyncio.wait({attempt, self._failed}, return_when=asyncio.FIRST_COMPLETED)
-            if attempt.done():
-                return attempt.result()
-            raise EngineUnavailable(f"the remote engine has failed: {self.failure}")
-        finally:
-            self.outstanding_requests -= 1
-            if not attempt.done():
-                attempt.cancel()  # caller cancelled or engine failed: close the request (vLLM aborts it)
+        """POST to one server, retrying on others, under the engine's supervision (Engine.supervised)."""
+        return await self.supervised(self._post_with_retries, path, payload, token_ids)
+
+    async def _first_resolution(self) -> None:
+        """With FLIP_REMOTE_RESOLVE_S: start resolving the URLs, and wait for the first resolution
+        before the first choice of a server."""
+        if self._resolving is None:
+            self._resolving = asyncio.ensure_future(self._resolve_forever())
+        if not self._resolved.is_set():
+            await asyncio.wait([asyncio.ensure_future(self._resolved.wait())], timeout=10.0)
 
     async def _post_with_retries(self, path: str, payload: dict[str, Any], token_ids: list[int]) -> dict[str, Any]:
+        """The raw engine call: one request sent until a server answers, each answer noted as progress."""
+        if self.resolve_s > 0:
+            await self._first_resolution()
         hashes = prefix_block_hashes(token_ids) if self.prefix_affinity else []
         tried: set[str] = set()
         last_problem = "no attempt"
@@ -272,7 +264,7 @@ class RemoteEngine(Engine):
                         backend.down_until - time.monotonic(),
                     )
                     continue
-                self.last_progress_at = time.monotonic()
+                self.note_progress()
                 metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
                 if response.status_code in _RETRY_STATUSES:
                     last_problem = f"{backend.url}: HTTP {response.status_code}"
@@ -284,11 +276,10 @@ class RemoteEngine(Engine):
                 return response.json()
         raise EngineUnavailable(f"no remote server answered after {self.retries + 1} attempts ({last_problem})")
 
-    def _check_alive(self) -> None:
+    def check_available(self) -> None:
         if self._closed:
             raise EngineUnavailable("the remote engine is shut down")
-        if self.failure is not None:
-            raise EngineUnavailable(f"the remote engine has failed: {self.failure}")
+        super().check_available()
 
     def _count_usage(self, body: dict[str, Any]) -> int | None:
         """Prompt tokens sent and found cached, from the usage block; the cached count or None."""
@@ -401,14 +392,6 @@ class RemoteEngine(Engine):
             # the first server's vLLM, probed at start (fleet_checks.probe_runtime); either layout is read
             "runtime": self.runtime,
         }
-
-    def mark_failed(self, reason: str) -> None:
-        """Fail every request in flight now (503), and every later one: the fleet is hung."""
-        if self.failure is None:
-            self.failure = reason
-            log.error("remote engine failed: %s", reason)
-        if self._failed is not None and not self._failed.done():
-            self._failed.set_result(reason)
 
     async def shutdown(self) -> None:
         self._closed = True

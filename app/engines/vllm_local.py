@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from typing import Any
 
 from app import metrics
@@ -123,6 +122,7 @@ def runtime_info(vllm_config: Any, platform: Any) -> dict[str, Any]:
 
 
 class VLLMEngine(Engine):
+    label = "the vLLM engine"
     # prompt_logprobs(scored_from=k) computes only the positions from k on when the ones before it are
     # in the prefix cache: the likelihood method prefills the response without logprobs first.
     scores_from_prefix_cache = True
@@ -137,7 +137,6 @@ class VLLMEngine(Engine):
         self.max_model_len = max_model_len
         self._tokenizer = llm.get_tokenizer()
         self._ids = itertools.count()
-        self._failed: asyncio.Future | None = None  # resolved by mark_failed(); every request waits on it too
         self.runtime: dict[str, Any] = {}  # runtime_info(), set by start()
 
     @classmethod
@@ -178,21 +177,14 @@ class VLLMEngine(Engine):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _check_alive(self) -> None:
-        if self.failure is not None:
-            raise EngineUnavailable(f"the vLLM engine has failed: {self.failure}")
+    def check_available(self) -> None:
+        super().check_available()
         if self._llm.errored:
             raise EngineUnavailable("the vLLM engine has stopped")
 
-    def mark_failed(self, reason: str) -> None:
-        """Fail every request in flight now (503), and every later one: the engine is dead or hung."""
-        if self.failure is None:
-            self.failure = reason
-            log.error("engine failed: %s", reason)
-        if self._failed is not None and not self._failed.done():
-            self._failed.set_result(reason)
-
     async def _consume(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
+        """The raw engine call (run through Engine.supervised): one request streamed to its final
+        output, each step noted as progress."""
         from vllm.v1.engine.exceptions import EngineDeadError
 
         final = None
@@ -201,7 +193,7 @@ class VLLMEngine(Engine):
                 {"prompt_token_ids": prompt_token_ids}, sampling_params, request_id=f"flip-{next(self._ids)}"
             ):
                 final = out
-                self.last_progress_at = time.monotonic()
+                self.note_progress()
         except EngineDeadError as exc:
             raise EngineUnavailable("the vLLM engine died during the request") from exc
         except Exception as exc:
@@ -209,26 +201,6 @@ class VLLMEngine(Engine):
                 raise EngineUnavailable("the vLLM engine died during the request") from exc
             raise
         return final
-
-    async def _final_output(self, prompt_token_ids: list[int], sampling_params: Any) -> Any:
-        self._check_alive()
-        if self._failed is None:
-            self._failed = asyncio.get_running_loop().create_future()
-        if self.outstanding_requests == 0:
-            self.last_progress_at = time.monotonic()  # an idle engine has not stalled
-        self.outstanding_requests += 1
-        consume = asyncio.ensure_future(self._consume(prompt_token_ids, sampling_params))
-        try:
-            # Whichever comes first: the output, or the watchdog declaring the engine failed (a dead
-            # or hung engine may never finish the stream).
-            await asyncio.wait({consume, self._failed}, return_when=asyncio.FIRST_COMPLETED)
-            if consume.done():
-                return consume.result()
-            raise EngineUnavailable(f"the vLLM engine has failed: {self.failure}")
-        finally:
-            self.outstanding_requests -= 1
-            if not consume.done():
-                consume.cancel()  # caller cancelled or engine failed: abort the vLLM request
 
     async def generate(self, prompt_token_ids: list[int], params: GenerationParams) -> Generation:
         from vllm import SamplingParams
@@ -241,7 +213,7 @@ class VLLMEngine(Engine):
             seed=params.seed if params.temperature > 0 else None,
             stop=list(params.stop) or None,
         )
-        out = await self._final_output(prompt_token_ids, sampling)
+        out = await self.supervised(self._consume, prompt_token_ids, sampling)
         # Platform audit (issue 20): only the text, token count and finish reason are read, which the
         # output processor builds the same way for every runner (vllm/v1/engine/output_processor.py);
         # no generation logprobs are asked for. The sampler differs (V2: vllm/v1/worker/gpu/sample/
@@ -258,7 +230,7 @@ class VLLMEngine(Engine):
 
     async def prompt_logprobs(self, prompt_token_ids: list[int], scored_from: int = 0) -> list[float | None]:
         if scored_from > 1:  # only a tail is scored: read the prefix cache for the rest
-            out = await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=True))
+            out = await self.supervised(self._consume, prompt_token_ids, prompt_logprob_params(read_cache=True))
             if not cache_reached(out, scored_from):
                 try:
                     return read_prompt_logprobs(out)
@@ -266,7 +238,8 @@ class VLLMEngine(Engine):
                     log.info("prompt logprobs read from the cache were unreadable (%s); once more without it", exc)
         # Every position computed: no cached slots, one layout on every runner. Unreadable even so,
         # the item fails with its code.
-        return read_prompt_logprobs(await self._final_output(prompt_token_ids, prompt_logprob_params(read_cache=False)))
+        out = await self.supervised(self._consume, prompt_token_ids, prompt_logprob_params(read_cache=False))
+        return read_prompt_logprobs(out)
 
     def is_healthy(self) -> bool:
         return self.failure is None and not self._llm.errored

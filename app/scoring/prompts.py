@@ -35,7 +35,7 @@ _SYSTEM_DIRECT = (
 )
 
 _ASK_PAPER = 'Answer in JSON with exactly two keys: "REASONING" (brief) and "INFERRED INSTRUCTION".'
-_ASK_DIRECT = "What instruction did the user give?"
+ASK_DIRECT = "What instruction did the user give?"
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,6 @@ class Prompt:
     messages: list[dict[str, str]]
     answer_prefix: str = ""
     stop: tuple[str, ...] = ()  # generation ends at any of these
-
-
-# fewshot: worked examples shown as earlier turns (written for this project, not from any eval set).
-_EXAMPLES = (
-    (
-        "Hi all, the quarterly review moves from Monday to Wednesday at 10am, still in room 4. "
-        "Please update your calendars. Thanks, Dana",
-        "Write a short email to my team saying the quarterly review moved from Monday to Wednesday at 10am.",
-    ),
-    (
-        "def is_even(n):\n    return n % 2 == 0",
-        "Write a Python function that tells whether a number is even.",
-    ),
-)
-_PREFIX = 'Instruction: "'
 
 
 def _render_context(context: list[dict[str, str]]) -> str:
@@ -74,12 +59,8 @@ def build_reconstruction_prompt(
     model sees them as background, and the instruction to infer is the user's last message.
     """
     system = _SYSTEM_PAPER if mode == "paper" else _SYSTEM_DIRECT
-    ask = _ASK_PAPER if mode == "paper" else _ASK_DIRECT
+    ask = _ASK_PAPER if mode == "paper" else ASK_DIRECT
     messages = [{"role": "system", "content": system}]
-    if mode == "fewshot":
-        for example, instruction in _EXAMPLES:
-            messages.append({"role": "user", "content": f'Response:\n"""\n{example}\n"""\n\n{ask}'})
-            messages.append({"role": "assistant", "content": instruction})
     parts = []
     if context:
         parts.append(
@@ -93,8 +74,6 @@ def build_reconstruction_prompt(
     messages.append({"role": "user", "content": "\n\n".join(parts)})
     if mode == "paper":
         return Prompt(messages=messages, answer_prefix='{"REASONING": "')
-    if mode == "prefix":
-        return Prompt(messages=messages, answer_prefix=_PREFIX, stop=("\n",))
     return Prompt(messages=messages)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from app import metrics
 from app.config import Settings
-from app.embeddings.encoder import Embedder
+from app.embeddings.encoder import EmbeddingEncoder
 from app.engines.base import Engine
 from app.engines.prompt_logprobs import UnreadablePromptLogprobs
 from app.scoring import guards
@@ -70,10 +70,8 @@ class Scorer:
     def __init__(
         self,
         engine: Engine,
-        embedder: Embedder | None,
+        embedder: EmbeddingEncoder | None,
         settings: Settings,
-        split_prefill: bool | None = None,
-        baseline_from_cache: bool | None = None,
     ) -> None:
         self.engine = engine
         self.embedder = embedder
@@ -81,8 +79,7 @@ class Scorer:
         self.fitter = PromptFitter(engine.tokenizer, engine.max_model_len, settings.strip_think)
         self.methods: dict[str, ScoringMethod] = {
             "generate": Generate(self.fitter, settings, embedder),
-            # None: as the engine allows (a benchmark compares the ways)
-            "likelihood": Likelihood(self.fitter, settings, split_prefill, baseline_from_cache),
+            "likelihood": Likelihood(self.fitter, settings),
             "judge": Judge(self.fitter, settings),
         }
 

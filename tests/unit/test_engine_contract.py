@@ -53,5 +53,5 @@ def test_an_engine_missing_a_method_fails_when_built():
         def is_healthy(self):
             return True
 
-    with pytest.raises(TypeError, match=r"abstract methods.*mark_failed"):
+    with pytest.raises(TypeError, match=r"abstract methods.*stats"):
         Partial()

@@ -27,21 +27,3 @@ def test_direct_mode_has_no_json_and_no_prefix():
 
 def test_prompt_version_is_set():
     assert PROMPT_VERSION.startswith("flip-prompts-v")
-
-
-def test_fewshot_mode_shows_worked_examples_before_the_response():
-    prompt = build_reconstruction_prompt("Grey drops drum on tin roofs.", mode="fewshot")
-    roles = [m["role"] for m in prompt.messages]
-    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert "Grey drops drum" in prompt.messages[-1]["content"]
-    assert all("Grey drops" not in m["content"] for m in prompt.messages[:-1])
-    assert prompt.answer_prefix == "" and prompt.stop == ()
-
-
-def test_prefix_mode_starts_the_answer_and_stops_at_the_line_end():
-    from app.scoring.parse import parse_direct
-
-    prompt = build_reconstruction_prompt("x", mode="prefix")
-    assert prompt.answer_prefix == 'Instruction: "' and prompt.stop == ("\n",)
-    parsed = parse_direct(prompt.answer_prefix + 'Write a poem about rain."')
-    assert parsed.instruction == "Write a poem about rain." and parsed.parsed

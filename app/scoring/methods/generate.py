@@ -7,9 +7,8 @@ import time
 
 from app import metrics
 from app.config import Settings
-from app.embeddings.encoder import Embedder
+from app.embeddings.encoder import EmbeddingEncoder
 from app.engines.base import Engine, GenerationParams
-from app.scoring.constraints import paper_output_regex
 from app.scoring.fitting import Fitted, PromptFitter
 from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
 from app.scoring.methods.engine_calls import gather, timed_generate
@@ -19,7 +18,7 @@ from app.scoring.similarity import hybrid, paired_cosine_01, word_f1
 
 
 class Generate:
-    def __init__(self, fitter: PromptFitter, settings: Settings, embedder: Embedder | None) -> None:
+    def __init__(self, fitter: PromptFitter, settings: Settings, embedder: EmbeddingEncoder | None) -> None:
         self.fitter = fitter
         self.settings = settings
         self.embedder = embedder
@@ -33,13 +32,11 @@ class Generate:
         )
 
     def params(self, fitted: Fitted, options: ScoreOptions) -> GenerationParams:
-        constrain = self.settings.structured_output and options.prompt_mode == "paper"
         return GenerationParams(
             max_tokens=self.settings.max_tokens,
             temperature=self.settings.temperature,
             seed=self.settings.seed,
             stop=fitted.stop,
-            regex=paper_output_regex(fitted.answer_prefix) if constrain else None,
         )
 
     async def run(
@@ -71,14 +68,23 @@ class Generate:
         return results
 
     async def _similarities(self, items: list[ScoreItem], results: list[ItemResult], options: ScoreOptions) -> None:
-        assert self.embedder is not None, "generate needs an embedder"
+        """The reward: the asked similarity of each inferred instruction with the real one. Only
+        `embedding` and `hybrid` touch the embedder (an f1 request never loads it); they report
+        all three similarities, f1 reports its own."""
         started = time.perf_counter()
+        f1s = [word_f1(result.inferred_instruction or "", item.instruction) for item, result in zip(items, results)]
+        if options.similarity == "f1":
+            for result, f1 in zip(results, f1s):
+                result.similarities = {"f1": f1}
+                result.reward = f1
+            metrics.SIMILARITY_LATENCY.observe(time.perf_counter() - started)
+            return
+        assert self.embedder is not None, "generate with embedding or hybrid similarity needs an embedder"
         inferred = await self.embedder.aencode([r.inferred_instruction or "" for r in results])
         # The real instruction repeats across a GRPO group: cached.
         real = await self.embedder.aencode([item.instruction for item in items], cached=True)
         cosines = paired_cosine_01(inferred, real)
-        for item, result, cosine in zip(items, results, cosines):
-            f1 = word_f1(result.inferred_instruction or "", item.instruction)
+        for result, f1, cosine in zip(results, f1s, cosines):
             sims = {"f1": f1, "embedding": float(cosine)}
             sims["hybrid"] = hybrid(f1, sims["embedding"], self.settings.hybrid_weight)
             result.similarities = sims

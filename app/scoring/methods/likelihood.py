@@ -1,6 +1,6 @@
 """likelihood (backward likelihood): the real instruction scored token by token as the model's
-answer to "what was the instruction?" after the response; optionally minus the same without the
-response (pointwise mutual information), and minus the mean score of unrelated instructions after
+answer to "what was the instruction?" after the response, minus the same without the response
+(pointwise mutual information), and minus the mean score of unrelated instructions after
 the same response (distractors). Nothing to decode or parse.
 
 Logits only where they are scored (FLIP_LIKELIHOOD_PREFILL, on an engine that scores from its prefix
@@ -35,7 +35,7 @@ from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS, NO_RESPONSE, build_like
 
 _PREFILL = GenerationParams(max_tokens=1)
 
-Scored = tuple[list[float], list[float] | None]  # an instruction's token logprobs with and without the response
+Scored = tuple[list[float], list[float]]  # an instruction's token logprobs with and without the response
 
 
 @dataclass
@@ -77,33 +77,31 @@ def _mean(values: list[float]) -> float:
 
 
 def likelihood_reward(
-    cond: list[float], uncond: list[float] | None, scale: float, distractors: Sequence[Scored] = ()
+    cond: list[float], uncond: list[float], scale: float, distractors: Sequence[Scored] = ()
 ) -> tuple[float, dict[str, float | int | bool | None]]:
-    """Reward from the instruction's token log-probabilities with the response (`cond`) and, for
-    PMI, without it (`uncond`); `distractors` holds the same for unrelated instructions.
+    """Reward from the instruction's token log-probabilities with the response (`cond`) and without
+    it (`uncond`); `distractors` holds the same for unrelated instructions.
 
-    An instruction's score is mean(cond) - mean(uncond) with PMI, mean(cond) without.
-    With distractors: sigmoid((score - mean distractor score) / scale), 0.5 when the response
-    explains its own instruction no better than unrelated ones. Without: sigmoid(score / scale)
-    for PMI (0.5 when the response tells the model nothing), exp(score / scale) without a baseline
-    (the geometric-mean token probability)."""
+    An instruction's score is its PMI, mean(cond) - mean(uncond). With distractors:
+    sigmoid((score - mean distractor score) / scale), 0.5 when the response explains its own
+    instruction no better than unrelated ones. Without: sigmoid(score / scale), 0.5 when the
+    response tells the model nothing."""
 
-    def score(c: list[float], u: list[float] | None) -> float:
-        return _mean(c) - (_mean(u) if u else 0.0)
+    def score(c: list[float], u: list[float]) -> float:
+        return _mean(c) - _mean(u)
 
     own = score(cond, uncond)
     details: dict[str, float | int | bool | None] = {
         "conditional": _mean(cond),
-        "unconditional": _mean(uncond) if uncond else None,
+        "unconditional": _mean(uncond),
         "scored_tokens": len(cond),
+        "pmi": own,
     }
-    if uncond:
-        details["pmi"] = own
     if distractors:
         distractor_score = _mean([score(c, u) for c, u in distractors])
         details["distractor_score"], details["contrast"] = distractor_score, own - distractor_score
         return _sigmoid((own - distractor_score) / scale), details
-    return _sigmoid(own / scale) if uncond else math.exp(own / scale), details
+    return _sigmoid(own / scale), details
 
 
 def scored_tail(logprobs: list[float | None], n: int) -> list[float]:
@@ -127,21 +125,19 @@ def response_span(fitted: Fitted) -> tuple[int, int]:
 
 
 class Likelihood:
-    def __init__(
-        self,
-        fitter: PromptFitter,
-        settings: Settings,
-        split_prefill: bool | None = None,
-        baseline_from_cache: bool | None = None,
-    ) -> None:
+    def __init__(self, fitter: PromptFitter, settings: Settings) -> None:
         self.fitter = fitter
         self.settings = settings
-        # None: Settings.likelihood_prefill where the engine allows it (Engine.scores_from_prefix_cache); the
-        # benchmark sets them to compare the ways.
-        self.split_prefill = split_prefill
-        self.baseline_from_cache = baseline_from_cache
         # log p(instruction) without a response, per instruction: a GRPO group shares it.
         self._unconditional: OrderedDict[tuple[int, ...], asyncio.Future[list[float]]] = OrderedDict()
+
+    def cache_ways(self, engine: Engine) -> tuple[bool, bool]:
+        """(prefill the response without logprobs and score the instructions from the prefix cache,
+        read the PMI baseline's shared head from the cache): both where FLIP_LIKELIHOOD_PREFILL is on
+        and the engine scores from its prefix cache. The benchmark compares them one at a time
+        (bench/experiments.py)."""
+        cached = engine.scores_from_prefix_cache and self.settings.likelihood_prefill
+        return cached, cached
 
     # --- prepare: pure, run in a worker thread (tokenizing long responses is CPU work)
 
@@ -185,12 +181,9 @@ class Likelihood:
     async def run(
         self, engine: Engine, items: list[ScoreItem], prepared: list[LikelihoodInputs], options: ScoreOptions
     ) -> list[ItemResult | BaseException]:
-        pmi = self.settings.likelihood_baseline == "pmi"
-        cached = engine.scores_from_prefix_cache and self.settings.likelihood_prefill
-        split = cached if self.split_prefill is None else self.split_prefill
-        baseline_cached = cached if self.baseline_from_cache is None else self.baseline_from_cache
+        split, baseline_cached = self.cache_ways(engine)
         started = time.perf_counter()
-        outputs = await gather([self._score_one(engine, inputs, pmi, split, baseline_cached) for inputs in prepared])
+        outputs = await gather([self._score_one(engine, inputs, split, baseline_cached) for inputs in prepared])
         metrics.RECONSTRUCTION_LATENCY.observe(time.perf_counter() - started)
         return [
             out if isinstance(out, BaseException) else self._result(item, inputs, out, options.copy_guard)
@@ -215,10 +208,10 @@ class Likelihood:
         return result
 
     async def _score_one(
-        self, engine: Engine, inputs: LikelihoodInputs, pmi: bool, split: bool, baseline_cached: bool
+        self, engine: Engine, inputs: LikelihoodInputs, split: bool, baseline_cached: bool
     ) -> tuple[float | None, list[Scored]]:
         """The response's fluency (None where not computed) and, for the real instruction and then each
-        distractor, its logprobs after the response and (PMI) after no response."""
+        distractor, its logprobs after the response and after no response (the PMI baseline)."""
         n = len(inputs.instruction_ids)
         baselines = [(inputs.instruction_ids, inputs.unconditional_ids)] + [
             (d, inputs.unconditional_head + d) for d in inputs.distractor_ids
@@ -226,7 +219,7 @@ class Likelihood:
         # The baseline's head (system prompt, "(no response)") is shared by every item: read from the
         # prefix cache, only the instruction's tokens get logprobs.
         head = len(inputs.unconditional_head) if baseline_cached else 0
-        unconditional = [self._unconditional_logprobs(engine, ids, len(ins), head) for ins, ids in baselines if pmi]
+        unconditional = [self._unconditional_logprobs(engine, ids, len(ins), head) for ins, ids in baselines]
         prefix = len(inputs.fitted.token_ids)
         fluency = None
         if split and not inputs.needs_fluency:
@@ -252,8 +245,7 @@ class Likelihood:
             span = real[start:end]
             # None (no guard) where a position has no logprob: never a made-up 0
             fluency = _mean(cast(list[float], span)) if span and None not in span else None
-        baseline: list[list[float] | None] = list(uncond) if uncond else [None] * len(cond)
-        return fluency, list(zip(cond, baseline))
+        return fluency, list(zip(cond, uncond))
 
     async def _after_prefill(self, engine: Engine, inputs: LikelihoodInputs) -> list[list[float]]:
         """The response prefilled without logprobs, one token short, then the real instruction and

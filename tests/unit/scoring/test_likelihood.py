@@ -38,9 +38,16 @@ def test_prepare_needs_only_a_tokenizer_and_flags_stuffing_candidates():
     assert method.prepare(ScoreItem(INSTRUCTION, "<think>x</think>"), OPTIONS).error.startswith("response is empty")
 
 
-def _score(engine: FakeEngine, split: bool, responses: list[str], **settings) -> list:
-    scorer = Scorer(engine, HashEmbedder(), Settings(**settings), split_prefill=split)
+def _score(engine: FakeEngine, prefill: bool, responses: list[str], **settings) -> list:
+    """Scored on an engine that reads its prefix cache, with FLIP_LIKELIHOOD_PREFILL=`prefill`."""
+    engine.scores_from_prefix_cache = True
+    scorer = Scorer(engine, HashEmbedder(), Settings(likelihood_prefill=prefill, **settings))
     return asyncio.run(scorer.score([ScoreItem(INSTRUCTION, r, id=str(k)) for k, r in enumerate(responses)], OPTIONS))
+
+
+def _conditional_calls(engine: FakeEngine) -> list[tuple[list[int], int]]:
+    """The prompt_logprobs calls after the response (not the PMI baselines, after "(no response)")."""
+    return [(c, hint) for c, hint in engine.logprob_calls if "(no response)" not in engine.tokenizer.decode(c)]
 
 
 @pytest.mark.parametrize("distractors", [0, 3])
@@ -57,20 +64,22 @@ def test_the_prefill_way_gives_the_same_rewards_as_one_request(distractors):
 
 def test_the_prefill_computes_no_logprobs_and_the_instructions_are_scored_from_its_cache():
     engine = FakeEngine()
-    (result,) = _score(engine, True, [HONEST], likelihood_distractors=2, likelihood_baseline="none")
-    prefill, *scored = engine.calls  # the fake records generate and prompt_logprobs calls alike
-    assert len(engine.scored_from) == len(scored) == 3  # one prompt_logprobs call per instruction
-    response_prompt = prefill + [scored[0][len(prefill)]]  # one token short
-    assert all(c[: len(response_prompt)] == response_prompt for c in scored)
-    assert engine.scored_from == [len(response_prompt)] * 3
+    (result,) = _score(engine, True, [HONEST], likelihood_distractors=2)
+    scored = _conditional_calls(engine)
+    assert len(scored) == 3  # one prompt_logprobs call per instruction
+    (prefill,) = [c for c in engine.calls if all(c is not s for s, _ in engine.logprob_calls)]  # the generate call
+    response_prompt = prefill + [scored[0][0][len(prefill)]]  # one token short
+    assert all(c[: len(response_prompt)] == response_prompt for c, _ in scored)
+    assert [hint for _, hint in scored] == [len(response_prompt)] * 3
     assert result.likelihood["response_fluency"] is None and result.likelihood["contrast"] is not None
 
 
 def test_a_stuffing_candidate_is_read_from_the_response_on_and_caught():
     engine = FakeEngine()
-    (result,) = _score(engine, True, [STUFFED], likelihood_distractors=0, likelihood_baseline="none")
-    (call,) = engine.calls  # no prefill: the one request computes the response's logprobs too
-    assert engine.tokenizer.decode(call[engine.scored_from[0] :]).startswith("city rain")
+    (result,) = _score(engine, True, [STUFFED], likelihood_distractors=0)
+    ((call, hint),) = _conditional_calls(engine)  # no prefill: the one request computes the response's logprobs too
+    assert len(engine.calls) == len(engine.logprob_calls)
+    assert engine.tokenizer.decode(call[hint:]).startswith("city rain")
     assert result.likelihood["response_fluency"] is not None
 
 
@@ -80,7 +89,8 @@ def test_a_stuffing_candidate_is_read_from_the_response_on_and_caught():
 def test_the_setting_turns_the_prefill_on_where_the_engine_can(engine_can, setting, prefilled):
     engine = FakeEngine()
     engine.scores_from_prefix_cache = engine_can
-    _score(engine, None, [HONEST], likelihood_distractors=0, likelihood_prefill=setting)
+    scorer = Scorer(engine, HashEmbedder(), Settings(likelihood_distractors=0, likelihood_prefill=setting))
+    asyncio.run(scorer.score([ScoreItem(INSTRUCTION, HONEST)], OPTIONS))
     assert (len(engine.calls) > len(engine.scored_from)) == prefilled  # a generate call: the prefill
 
 
@@ -89,8 +99,8 @@ def test_likelihood_reward_formula():
     reward, details = likelihood_reward(cond, uncond, scale=1.0)
     assert details["pmi"] == pytest.approx(1.0) and reward == pytest.approx(1 / (1 + math.exp(-1.0)))
     assert details["scored_tokens"] == 3
-    reward, details = likelihood_reward(cond, None, scale=2.0)
-    assert reward == pytest.approx(math.exp(-2.0 / 2.0)) and "pmi" not in details
+    reward, _ = likelihood_reward(cond, uncond, scale=2.0)
+    assert reward == pytest.approx(1 / (1 + math.exp(-0.5)))
 
 
 def test_likelihood_reward_with_distractors():
@@ -106,10 +116,9 @@ def test_likelihood_reward_with_distractors():
 
 def test_the_pmi_baselines_are_scored_after_their_shared_head_from_the_cache():
     engine = FakeEngine()
-    scorer = Scorer(engine, None, Settings(likelihood_distractors=1), split_prefill=False, baseline_from_cache=True)
+    engine.scores_from_prefix_cache = True
+    scorer = Scorer(engine, None, Settings(likelihood_distractors=1))
     asyncio.run(scorer.score([ScoreItem(INSTRUCTION, HONEST)], OPTIONS))
     head = len(scorer.methods["likelihood"]._no_response_head)
-    baselines = [
-        hint for call, hint in zip(engine.calls, engine.scored_from) if "(no response)" in engine.tokenizer.decode(call)
-    ]
+    baselines = [hint for call, hint in engine.logprob_calls if "(no response)" in engine.tokenizer.decode(call)]
     assert baselines == [head, head]  # the real instruction's and the distractor's
