@@ -330,7 +330,7 @@ class OpenRLHFResponse(BaseModel):
     scores: list[float] = Field(description="The same values (in [0, 1]), for OpenRLHF's dynamic filtering.")
     extra_logs: dict[str, list[float]] = Field(
         description="Per-query finite numbers OpenRLHF turns into tensors and logs; the same keys for every query "
-        'of a method (README, "Extra logs").'
+        'of a method (docs/trainers.md, "Extra logs").'
     )
     unscorable: list[UnscorableReason | None] = Field(description="Per query: why it got the floor, or null.")
     inferred_instructions: list[str | None]

@@ -19,7 +19,7 @@ counts too; after four timed-out tries it returns 0 (L159-170), a silent 0. So t
 gives each call a budget of $FLIP_REWARD_AREAL_TIMEOUT_S (default 12 s), sent as the request's
 deadline, and makes one attempt: past the budget, or on a 429/5xx, it raises, which AReaL
 retries three times (L191-202) and then raises: never a made-up 0. Sizing that avoids the trap
-is in the README (AReaL row).
+is in docs/trainers.md ("AReaL's 15 s timeout").
 """
 
 from __future__ import annotations

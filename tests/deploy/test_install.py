@@ -163,7 +163,7 @@ def test_gpu_extra_resolves_against_vllm_032_on_cuda_13(gpu_resolve):
     assert torch == pins("gpu.txt")["torch"] and "+" not in torch
     requires = [Requirement(r) for r in gpu_resolve["vllm"]["requires_dist"]]
     assert any(r.name == "torch" and str(r.specifier) == f"=={torch}" for r in requires)
-    # The CUDA runtime torch brings: 13.x, hence a driver of 580 or newer (README, "GPU").
+    # The CUDA runtime torch brings: 13.x, hence a driver of 580 or newer (docs/install.md, "Install details").
     assert gpu_resolve["nvidia-cuda-runtime"]["version"].startswith("13.")
 
 
