@@ -65,7 +65,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error on %s", scope.get("path"))
             if response_started:
                 raise  # too late for an error body; the server closes the connection
-            await send_error(scope, send_with_id, 500, "internal_error", "internal error; see the server log")
+            await send_error(scope, send_with_id, "internal_error", "internal error; see the server log")
         finally:
             metrics.IN_FLIGHT.dec()
             route = scope.get("route")

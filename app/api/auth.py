@@ -54,16 +54,16 @@ class ApiKeyMiddleware:
         challenge = {"WWW-Authenticate": "Bearer"}
         if not header:
             message = "an API key is required: send Authorization: Bearer <key>"
-            await send_error(scope, send, 401, "unauthorized", message, headers=challenge)
+            await send_error(scope, send, "unauthorized", message, headers=challenge)
             return
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             await send_error(
-                scope, send, 401, "unauthorized", "the Authorization header must be 'Bearer <key>'", headers=challenge
+                scope, send, "unauthorized", "the Authorization header must be 'Bearer <key>'", headers=challenge
             )
             return
         if not key_matches(token.strip().encode("latin-1"), self.keys):
-            await send_error(scope, send, 403, "forbidden", "the API key is not valid")
+            await send_error(scope, send, "forbidden", "the API key is not valid")
             return
         await self.app(scope, receive, send)
 

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from app.api.errors import ApiError
-from app.api.reward import to_result
+from app.api.results import to_result
 from app.api.schemas import (
     Message,
     OpenRLHFRequest,
@@ -75,7 +75,7 @@ def _label_messages(label: object, tokens: Sequence[str]) -> list[dict] | None:
 
 
 def _unreadable(field: str, exc: _Unreadable) -> ApiError:
-    return ApiError(422, "unreadable_sample", f"{field}: {exc}", field)
+    return ApiError("unreadable_sample", f"{field}: {exc}", field)
 
 
 def _as_list(value: object, n: int, field: str, single: bool) -> list:
@@ -84,7 +84,7 @@ def _as_list(value: object, n: int, field: str, single: bool) -> list:
     if single:
         return [value]
     if not isinstance(value, list) or len(value) != n:
-        raise ApiError(422, "validation_error", f"{field}: expected a list of {n} (one per query)", field)
+        raise ApiError("validation_error", f"{field}: expected a list of {n} (one per query)", field)
     return value
 
 
@@ -100,7 +100,7 @@ async def openrlhf_get_reward(
     single = isinstance(body.query, str)
     queries: list[str] = [body.query] if isinstance(body.query, str) else body.query
     if not queries:
-        raise ApiError(422, "validation_error", "query: must not be empty", "query")
+        raise ApiError("validation_error", "query: must not be empty", "query")
     prompts = _as_list(body.prompts, len(queries), "prompts", single)
     labels = _as_list(body.labels, len(queries), "labels", single)
     tokens = _special_tokens(service)

@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import ApiError, send_error
+from app.api.errors import ApiError, ErrorType, send_error
 from app.api.schemas import RewardItem
 from app.config import Settings
 
@@ -29,14 +29,14 @@ _LOGGED_BODY_BYTES = 2000
 
 
 class BodyTooLarge(HTTPException):
-    error_type = "body_too_large"
+    error_type: ErrorType = "body_too_large"
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes (FLIP_MAX_BODY_BYTES)")
 
 
 class BodyTooSlow(HTTPException):
-    error_type = "request_timeout"
+    error_type: ErrorType = "request_timeout"
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(408, f"the request body did not arrive within {timeout_s:g} s (FLIP_BODY_TIMEOUT_S)")
@@ -55,7 +55,7 @@ class BodyLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(scope, send, 413, BodyTooLarge.error_type, BodyTooLarge(self.max_bytes).detail)
+            await send_error(scope, send, BodyTooLarge.error_type, BodyTooLarge(self.max_bytes).detail)
             return
 
         received = 0
@@ -108,7 +108,6 @@ def check_item_limits(
             continue
         if len(item.messages) > max_messages:
             raise ApiError(
-                413,
                 "too_many_messages",
                 f"{at}messages: {len(item.messages)} messages, the limit is {max_messages} (FLIP_MAX_MESSAGES)",
                 f"{at}messages",
@@ -120,5 +119,5 @@ def check_item_limits(
 
 def _too_long(field: str, length: int, limit: int) -> None:
     raise ApiError(
-        413, "field_too_long", f"{field}: {length} characters, the limit is {limit} (FLIP_MAX_FIELD_CHARS)", field
+        "field_too_long", f"{field}: {length} characters, the limit is {limit} (FLIP_MAX_FIELD_CHARS)", field
     )

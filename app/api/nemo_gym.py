@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.errors import ApiError
-from app.api.reward import to_result
+from app.api.results import to_result
 from app.api.schemas import Message, RewardItem, ScoringOptions
 from app.api.serving import ERROR_RESPONSES, ready_service, score_items
 from app.integrations.chat_template import instruction_messages, message_text
@@ -62,7 +62,7 @@ def gym_response_text(response: dict[str, Any]) -> str:
     """The text of the last assistant message item of a Responses object's `output`."""
     output = response.get("output")
     if not isinstance(output, list):
-        raise ApiError(422, "validation_error", "response.output: expected a list of output items", "response.output")
+        raise ApiError("validation_error", "response.output: expected a list of output items", "response.output")
     messages = [i for i in output if isinstance(i, dict) and i.get("type", "message") == "message" and "content" in i]
     return message_text(messages[-1]) if messages else ""
 
@@ -71,7 +71,6 @@ def gym_item(body: GymVerifyRequest) -> RewardItem:
     turns = gym_messages(body.responses_create_params)
     if not turns:
         raise ApiError(
-            422,
             "unreadable_sample",
             "responses_create_params.input: no user message to take the instruction from",
             "responses_create_params.input",
@@ -79,7 +78,7 @@ def gym_item(body: GymVerifyRequest) -> RewardItem:
     try:
         return RewardItem(messages=[Message(**m) for m in turns], response=gym_response_text(body.response))
     except ValidationError as exc:
-        raise ApiError(422, "unreadable_sample", f"invalid sample: {exc.errors()[0]['msg']}", "body") from None
+        raise ApiError("unreadable_sample", f"invalid sample: {exc.errors()[0]['msg']}", "body") from None
 
 
 @router.post("/seed_session", responses=ERROR_RESPONSES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.reward import to_result
+from app.api.results import to_result
 from app.api.schemas import RankRequest, RankResponse
 from app.api.serving import ERROR_RESPONSES, score_items
 from app.scoring.prompts import PROMPT_VERSION

@@ -11,44 +11,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api.results import to_result
 from app.api.schemas import (
     BatchRewardRequest,
     BatchRewardResponse,
-    Likelihood,
     RewardRequest,
     RewardResponse,
-    RewardResult,
-    Similarities,
-    Usage,
 )
-from app.api.serving import ERROR_RESPONSES, guard_of, ready_service, score_items
+from app.api.serving import ERROR_RESPONSES, ready_service, score_items
 from app.scoring.prompts import PROMPT_VERSION
-from app.scoring.scorer import ItemResult
 
-__all__ = ["ERROR_RESPONSES", "ready_service", "router", "to_result"]
+__all__ = ["ERROR_RESPONSES", "ready_service", "router"]
 
 router = APIRouter(tags=["reward"])
-
-
-def to_result(result: ItemResult, details: bool) -> RewardResult:
-    return RewardResult(
-        id=result.id,
-        method=result.method,
-        reward=result.reward,
-        unscorable=result.unscorable,
-        guard=guard_of(result) if result.error is None else None,
-        inferred_instruction=result.inferred_instruction,
-        similarities=Similarities(**result.similarities) if result.similarities else None,
-        likelihood=Likelihood(**result.likelihood) if result.likelihood else None,
-        judge_score=result.judge_score,
-        copied_fraction=result.copied_fraction,
-        parsed=result.parsed,
-        truncated=result.truncated,
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
-        error=result.error,
-        code=result.code,
-        raw_output=result.raw_output if details else None,
-    )
 
 
 @router.post("/reward", response_model=RewardResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES)

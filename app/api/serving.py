@@ -26,6 +26,7 @@ from app import metrics
 from app.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.api.errors import ApiError
 from app.api.limits import check_item_limits
+from app.api.results import fail_on_item_errors, record_results
 from app.api.schemas import ErrorResponse, RewardItem, ScoringOptions
 from app.batching import QueueFull
 from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
@@ -52,7 +53,7 @@ OnItemError = Literal["report", "trainer"]
 def ready_service(request: Request) -> FlipService:
     service: FlipService = request.app.state.service
     if not service.ready:
-        raise ApiError(503, "not_ready", service.not_ready_reason(), headers={"Retry-After": "5"})
+        raise ApiError("not_ready", service.not_ready_reason(), headers={"Retry-After": "5"})
     return service
 
 
@@ -62,7 +63,6 @@ def request_deadline(service: FlipService, options: ScoringOptions) -> float:
         return settings.request_timeout_s
     if options.timeout_s > settings.max_request_timeout_s:
         raise ApiError(
-            422,
             "validation_error",
             f"timeout_s: {options.timeout_s} s is more than the limit of {settings.max_request_timeout_s} s",
             "timeout_s",
@@ -80,56 +80,6 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
         copy_guard=defaults.copy_guard if options.copy_guard is None else options.copy_guard,
         distractors=defaults.likelihood_distractors if options.distractors is None else options.distractors,
     )
-
-
-def guard_of(result: ItemResult) -> str:
-    """Which guard decided this item's reward: the strongest one that acted."""
-    if result.unscorable is not None:
-        return "unscorable"
-    if result.likelihood and result.likelihood.get("keyword_stuffing"):
-        return "keyword_stuffing"
-    if result.copied_fraction:
-        return "copies_deleted"
-    return "none"
-
-
-def record_results(results: Sequence[ItemResult], method: str, route: str) -> None:
-    """The reward-hacking monitor: reward and copied-fraction distributions and guard triggers."""
-    for result in results:
-        if result.error:
-            metrics.ITEM_ERRORS.labels(code=result.code or "engine_error", method=method, route=route).inc()
-            continue
-        if result.reward is not None:
-            metrics.REWARDS.labels(method=method, route=route).observe(result.reward)
-        if result.copied_fraction is not None:
-            metrics.COPIED_FRACTION.labels(method=method, route=route).observe(result.copied_fraction)
-        if result.unscorable is not None:
-            metrics.UNSCORABLE.labels(reason=result.unscorable, method=method, route=route).inc()
-        if result.copied_fraction:  # passages were deleted, whatever came of the rest
-            metrics.GUARD_TRIGGERS.labels(guard="copies_deleted", method=method, route=route).inc()
-        guard = guard_of(result)
-        if guard in ("keyword_stuffing", "unscorable"):
-            metrics.GUARD_TRIGGERS.labels(guard=guard, method=method, route=route).inc()
-
-
-# Per-item error code -> the status a trainer route answers with (its retry logic decides what next).
-_TRAINER_STATUS = {
-    "engine_error": (503, {"Retry-After": "5"}),
-    "no_output": (502, None),
-    "unreadable_logprobs": (502, None),
-    "judge_no_score": (502, None),
-    "context_overflow": (413, None),
-    "empty_instruction": (422, None),
-}
-
-
-def fail_on_item_errors(results: Sequence[ItemResult], field_of: Callable[[int], str]) -> None:
-    """Trainer routes: an item without a reward fails the request (the first such item is named)."""
-    for index, result in enumerate(results):
-        if result.error:
-            code = result.code or "engine_error"
-            status, headers = _TRAINER_STATUS.get(code, (503, {"Retry-After": "5"}))
-            raise ApiError(status, code, f"{field_of(index)}: {result.error}", field_of(index), headers=headers)
 
 
 async def score_items(
@@ -151,7 +101,7 @@ async def score_items(
     limit = min(settings.max_batch_items, settings.max_queued_items)
     if len(items) > limit:
         setting = "FLIP_MAX_BATCH_ITEMS" if limit == settings.max_batch_items else "FLIP_MAX_QUEUED_ITEMS"
-        raise ApiError(413, "too_many_items", f"{field}: {len(items)} items, the limit is {limit} ({setting})", field)
+        raise ApiError("too_many_items", f"{field}: {len(items)} items, the limit is {limit} ({setting})", field)
     check_item_limits(list(items), settings, item_field=None if field == "body" else name)
     deadline = request_deadline(service, options)
     resolved = score_options(service, options)
@@ -172,19 +122,18 @@ async def score_items(
         # Retry-After: 1 s past the queue bound (clients back off further on repeated 429s); past
         # the deadline check, about the time until the queue could finish within the deadline.
         raise ApiError(
-            429, "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": str(exc.retry_after_s)}
+            "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": str(exc.retry_after_s)}
         ) from None
     except TimeoutError:
         metrics.TIMEOUTS.inc()
         raise ApiError(
-            504,
             "timeout",
             f"not scored within the deadline of {deadline:g} s; the work was aborted",
             headers={"Retry-After": "5"},
         ) from None
     except ClientDisconnected:
         # Nobody is listening; the status is only for the access log and the request metrics.
-        raise ApiError(499, "client_disconnected", "the client disconnected; the work was aborted") from None
+        raise ApiError("client_disconnected", "the client disconnected; the work was aborted") from None
     record_results(results, resolved.method, route)
     if on_item_error == "trainer":
         fail_on_item_errors(results, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from app.config import Method, PromptMode, Similarity
 from app.scoring.outcomes import ItemErrorCode, UnscorableReason
@@ -26,6 +27,23 @@ class ScoreOptions:
     distractors: int | None = None
 
 
+class LikelihoodDetails(TypedDict, total=False):
+    """The numbers behind a likelihood reward (app/scoring/methods/likelihood.py; the API's
+    `Likelihood` documents each): mean instruction logprob after the response and after none, their
+    difference (PMI), the same for the distractors, the contrast, how many tokens were scored; the
+    response's own fluency (read for stuffing candidates only) and the keyword-stuffing guard."""
+
+    conditional: float
+    unconditional: float | None
+    pmi: float
+    scored_tokens: int
+    distractor_score: float
+    contrast: float
+    response_fluency: float | None
+    keyword_stuffing: bool
+    reward_without_guard: float
+
+
 @dataclass
 class ItemResult:
     id: str | None
@@ -33,7 +51,7 @@ class ItemResult:
     reward: float | None = None
     inferred_instruction: str | None = None
     similarities: dict[str, float] | None = None
-    likelihood: dict[str, float | int | None] | None = None
+    likelihood: LikelihoodDetails | None = None
     judge_score: int | None = None
     copied_fraction: float | None = None
     parsed: bool | None = None

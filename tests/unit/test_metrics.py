@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from app import metrics
-from app.api import serving
+from app.api import errors, results
 
 API = Path(__file__).resolve().parents[2] / "app" / "api"
 
@@ -34,7 +34,7 @@ def test_score_items_routes_are_the_scoring_routes():
 
 
 def test_guard_labels_are_the_guards_the_service_records():
-    source = inspect.getsource(serving.guard_of) + inspect.getsource(serving.record_results)
+    source = inspect.getsource(results.guard_of) + inspect.getsource(results.record_results)
     produced = {
         node.value
         for node in ast.walk(ast.parse(source))
@@ -44,14 +44,15 @@ def test_guard_labels_are_the_guards_the_service_records():
     # guard_of's answers, "none" aside (no guard acted: nothing is counted)
     returned = {
         node.value.value
-        for node in ast.walk(ast.parse(inspect.getsource(serving.guard_of)))
+        for node in ast.walk(ast.parse(inspect.getsource(results.guard_of)))
         if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant)
     }
     assert returned - {"none"} <= set(metrics.GUARDS)
 
 
 def test_trainer_statuses_are_pre_created():
-    statuses = {str(status) for status, _ in serving._TRAINER_STATUS.values()}
+    """A trainer route answers an item error with the code as its error type (app/api/results.py)."""
+    statuses = {str(errors.STATUS[code]) for code in metrics.ITEM_ERROR_CODES}
     assert statuses <= set(metrics.SCORING_STATUSES)
 
 

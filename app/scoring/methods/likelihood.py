@@ -28,7 +28,7 @@ from app.config import Settings
 from app.engines.base import Engine, GenerationParams
 from app.scoring import guards
 from app.scoring.fitting import Fitted, PromptFitter
-from app.scoring.items import ItemResult, ScoreItem, ScoreOptions
+from app.scoring.items import ItemResult, LikelihoodDetails, ScoreItem, ScoreOptions
 from app.scoring.methods.engine_calls import gather
 from app.scoring.outcomes import ItemErrorCode
 from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS, NO_RESPONSE, build_likelihood_prompt
@@ -78,7 +78,7 @@ def _mean(values: list[float]) -> float:
 
 def likelihood_reward(
     cond: list[float], uncond: list[float], scale: float, distractors: Sequence[Scored] = ()
-) -> tuple[float, dict[str, float | int | bool | None]]:
+) -> tuple[float, LikelihoodDetails]:
     """Reward from the instruction's token log-probabilities with the response (`cond`) and without
     it (`uncond`); `distractors` holds the same for unrelated instructions.
 
@@ -91,7 +91,7 @@ def likelihood_reward(
         return _mean(c) - _mean(u)
 
     own = score(cond, uncond)
-    details: dict[str, float | int | bool | None] = {
+    details: LikelihoodDetails = {
         "conditional": _mean(cond),
         "unconditional": _mean(uncond),
         "scored_tokens": len(cond),
@@ -195,16 +195,13 @@ class Likelihood:
     ) -> ItemResult:
         fluency, ((cond, uncond), *distractors) = scored
         result = ItemResult(id=item.id, truncated=inputs.truncated, prompt_tokens=len(inputs.conditional_ids))
-        result.reward, result.likelihood = likelihood_reward(cond, uncond, self.settings.likelihood_scale, distractors)
-        result.likelihood["response_fluency"] = fluency
-        if (
-            guard
-            and result.reward > 0.0
-            and guards.is_keyword_stuffing(item.instruction, inputs.fitted.response, fluency)
-        ):
-            result.likelihood.setdefault("reward_without_guard", result.reward)
-            result.likelihood["keyword_stuffing"] = True
-            result.reward = 0.0
+        reward, details = likelihood_reward(cond, uncond, self.settings.likelihood_scale, distractors)
+        details["response_fluency"] = fluency
+        if guard and reward > 0.0 and guards.is_keyword_stuffing(item.instruction, inputs.fitted.response, fluency):
+            details.setdefault("reward_without_guard", reward)
+            details["keyword_stuffing"] = True
+            reward = 0.0
+        result.reward, result.likelihood = reward, details
         return result
 
     async def _score_one(
