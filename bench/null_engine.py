@@ -36,11 +36,12 @@ class NullEngine(Engine):
 
     @classmethod
     def start(cls, settings: Settings) -> NullEngine:
-        from transformers import AutoTokenizer
+        from app.models import BUILTIN_LLM_NAME, TRANSFORMERS_LOCK, resolve_llm
 
-        from app.models import BUILTIN_LLM_NAME, resolve_llm
+        with TRANSFORMERS_LOCK:  # the embedder loads beside it; transformers' imports are not thread-safe
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_llm(settings.model, settings.cache_dir))
+            tokenizer = AutoTokenizer.from_pretrained(resolve_llm(settings.model, settings.cache_dir))
         return cls(tokenizer, settings.model or BUILTIN_LLM_NAME, settings.max_model_len)
 
     @property
