@@ -292,7 +292,9 @@ def top_costs(raw: Path, k: int = 5) -> list[tuple[str, float]]:
     return [(frame, n / total) for frame, n in own.most_common(k)]
 
 
-def run_profile(svg: Path, items: int, method: str | None, pairs: list[dict], tree: str = ".") -> dict:
+def run_profile(
+    svg: Path, items: int, method: str | None, pairs: list[dict], tree: str = ".", phase: str = "c64"
+) -> dict:
     from app.config import Settings
 
     method = method or Settings().method
@@ -316,7 +318,10 @@ def run_profile(svg: Path, items: int, method: str | None, pairs: list[dict], tr
             for fmt, path in (("flamegraph", svg), ("raw", raw))
         ]
         time.sleep(1)  # attached
-        r = measure([front], singles, take(pairs, 0, items), 64, method)
+        if phase == "batch":
+            r = measure([front], batches, take(pairs, 0, items), 256, method)
+        else:
+            r = measure([front], singles, take(pairs, 0, items), int(phase[1:]), method)
         for s in spies:
             s.send_signal(signal.SIGINT)
         for s in spies:
@@ -327,11 +332,11 @@ def run_profile(svg: Path, items: int, method: str | None, pairs: list[dict], tr
         front.stop()
     costs = top_costs(raw)
     r["rewards_per_s"] = r["items"] / r["seconds"]
-    print(f"profile: {method}, 64 concurrent singles, {r['rewards_per_s']:.1f} rewards/s while sampled")
+    print(f"profile: {method}, {phase}, {r['rewards_per_s']:.1f} rewards/s while sampled")
     print(f"flame graph: {svg}\nraw stacks: {raw}\ntop costs by own time:")
     for frame, share in costs:
         print(f"  {share:6.1%}  {frame}")
-    return {"method": method, "phase": r, "top_costs": costs, "svg": str(svg), "raw": str(raw)}
+    return {"method": method, "phase": phase, "result": r, "top_costs": costs, "svg": str(svg), "raw": str(raw)}
 
 
 def write_json(name: str, data: dict) -> None:
@@ -364,6 +369,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="profile one front with py-spy; the flame graph's path")
     parser.add_argument("--profile-items", type=int, default=2048, help="items scored while sampled")
     parser.add_argument("--profile-method", help="default: the server's method")
+    parser.add_argument("--profile-phase", default="c64", help="c1, c8, c64 (singles) or batch (of 256)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tree", default=".", help="--profile: the checkout whose service to profile")
     args = parser.parse_args()
@@ -372,9 +378,10 @@ def main() -> None:
         return
     pairs = load_pairs()
     if args.profile:
-        write_json(
-            "front-profile", run_profile(args.profile, args.profile_items, args.profile_method, pairs, args.tree)
+        profile = run_profile(
+            args.profile, args.profile_items, args.profile_method, pairs, args.tree, args.profile_phase
         )
+        write_json("front-profile", profile)
         return
     methods = args.methods.split(",")
     trees = [t.split("=", 1) for t in args.trees.split(",")]
