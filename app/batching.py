@@ -194,6 +194,11 @@ class Admission:
         self._waiting: deque[Ticket] = deque()
         self._rechecker: asyncio.Task | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Requests admitted and waiting for their turn to start."""
+        return len(self._waiting)
+
     def rate(self) -> float | None:
         """Items finished per busy second lately; None until there is enough to go on."""
         if self._done < 4 or self._busy_s < 1.0:
