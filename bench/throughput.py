@@ -494,6 +494,7 @@ async def burst(url: str, items: list[dict]) -> dict:
         responses = await asyncio.gather(*(client.post("/reward", json=i) for i in items), return_exceptions=True)
         seconds = time.perf_counter() - started
     counts: dict[str, int] = {}
+    shed = 0  # of the 429s: admitted, then refused before starting when it could no longer finish
     for r in responses:
         if isinstance(r, BaseException):
             key = f"client error {type(r).__name__}"
@@ -501,6 +502,7 @@ async def burst(url: str, items: list[dict]) -> dict:
             key = "200 reward" if r.json()["reward"] is not None else "200 null reward"
         else:
             key = str(r.status_code)
+            shed += r.status_code == 429 and r.json()["error"]["type"] == "shed"
         counts[key] = counts.get(key, 0) + 1
     # A reward, or a status a trainer retries before any work was done (429, 503); never a 504 or a null.
     ok = set(counts) <= {"200 reward", "429", "503"} and sum(counts.values()) == len(items)
@@ -509,6 +511,7 @@ async def burst(url: str, items: list[dict]) -> dict:
         "queue_bound": QUEUE_BOUND,
         "seconds": seconds,
         "outcomes": counts,
+        "shed_429": shed,
         "every_request_answered_reward_or_429": ok,
     }
 
@@ -548,7 +551,8 @@ def run_burst_only(method: str | None, cpu_hog: bool = False) -> None:
     b["cpu_hog"] = cpu_hog
     print(
         f"burst{' beside a CPU hog' if cpu_hog else ''}: {b['requests']} singles, queue bound {b['queue_bound']}: "
-        f"{b['outcomes']} in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
+        f"{b['outcomes']} ({b['shed_429']} of the 429s shed before starting) in {b['seconds']:.1f} s "
+        f"-> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"burst-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

@@ -136,7 +136,7 @@ async def test_waiting_work_that_can_no_longer_finish_is_shed_with_429_before_it
         first = asyncio.create_task(client.post("/batch_reward", json={"items": [ITEM] * 3, "timeout_s": 5}))
         while admission.started == 0:  # noqa: ASYNC110  # polls the admission's state, which has no event
             await asyncio.sleep(0.01)
-        # 4 items at 1/s fit its 5 s, but started work may take only half of that: it waits
+        # 4 items at 1/s fit its 5 s, but started work may take only a quarter of that: it waits
         second = asyncio.create_task(client.post("/reward", json={**ITEM, "timeout_s": 5}))
         while not admission.waiting:  # noqa: ASYNC110
             await asyncio.sleep(0.01)

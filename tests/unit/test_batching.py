@@ -195,8 +195,8 @@ async def test_waiting_work_is_shed_before_it_starts_when_the_measured_rate_drop
     with admission.admit(40, deadline_s=60) as first:
         await admission.start(first)  # an idle engine takes it at once
         assert first.started and admission.started == 40
-        # 60 items at 10/s take 6 s: admitted within its 10 s, but started work may take only half
-        # of what is left, so it waits for its turn
+        # 60 items at 10/s take 6 s: admitted within its 10 s, but started work may take only a
+        # quarter of what is left, so it waits for its turn
         with admission.admit(20, deadline_s=10) as second:
             waiting = asyncio.create_task(admission.start(second))
             await asyncio.sleep(0)
@@ -236,7 +236,7 @@ async def test_a_waiting_request_whose_deadline_passes_is_shed_not_started():
     admission = _established(10.0, now)
     with admission.admit(40, deadline_s=60) as first:
         await admission.start(first)
-        with admission.admit(10, deadline_s=8) as second:  # 50 / 10 = 5 s > half of 8: waits
+        with admission.admit(10, deadline_s=8) as second:  # 50 / 10 = 5 s > a quarter of 8: waits
             waiting = asyncio.create_task(admission.start(second))
             await asyncio.sleep(0)
             now[0] += 8.0
