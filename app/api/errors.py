@@ -42,6 +42,7 @@ ErrorType = Literal[
     "not_ready",
     "engine_unavailable",
     "queue_full",
+    "shed",  # waited, and could no longer finish within its deadline: refused before it started
     "timeout",
     "client_disconnected",
     "internal_error",
@@ -69,6 +70,7 @@ STATUS: dict[ErrorType, int] = {
     "not_ready": 503,
     "engine_unavailable": 503,
     "queue_full": 429,
+    "shed": 429,
     "timeout": 504,
     "client_disconnected": 499,  # nobody listens: for the access log and the request metrics
     "internal_error": 500,

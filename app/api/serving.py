@@ -3,8 +3,9 @@
 
   readiness (503) -> items per request vs the batch limit and the queue bound (413: a batch that
   could never be admitted) -> per-field limits (413) -> the deadline (422 past the largest) ->
-  admission (429 with Retry-After) -> the scorer under the deadline (504), cancelled when the
-  client disconnects (499) -> the guard and reward metrics, by method and route.
+  admission (429 with Retry-After) -> its turn to start, or shed while waiting (429 with
+  Retry-After) -> the scorer under what is left of the deadline (504), cancelled when the client
+  disconnects (499) -> the guard and reward metrics, by method and route.
 
 Two answers to "this item has no reward":
 - report (/reward, /batch_reward, /rank): the item keeps `reward: null` with its `error` and `code`.
@@ -28,7 +29,7 @@ from app.api.errors import ApiError
 from app.api.limits import check_item_limits
 from app.api.results import fail_on_item_errors, record_results
 from app.api.schemas import ErrorResponse, RewardItem, ScoringOptions
-from app.batching import QueueFull
+from app.batching import QueueFull, Shed, Ticket
 from app.scoring.scorer import ItemResult, ScoreItem, ScoreOptions
 from app.service import FlipService
 
@@ -40,7 +41,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (408, "The body took too long to arrive."),
         (413, "Over a limit: body bytes, items, characters per field or messages; the message names it."),
         (422, "Invalid input; `field` names the offending field."),
-        (429, "The queue cannot take this work within its deadline (see Retry-After)."),
+        (
+            429,
+            "The queue cannot take this work within its deadline, or the work was shed before it started "
+            "when it could no longer finish in time (see Retry-After).",
+        ),
         (502, "Trainer routes: the model gave no usable output for an item (generate/judge only)."),
         (503, "The models are loading, or the engine failed (see Retry-After)."),
         (504, "Not scored within the deadline; the work was aborted."),
@@ -110,19 +115,25 @@ async def score_items(
     scorer = service.scorer
     assert scorer is not None  # ready_service: the models are loaded
 
-    async def score_within_deadline() -> list[ItemResult]:
-        async with asyncio.timeout(deadline):
+    admission = service.admission
+
+    async def score_within_deadline(ticket: Ticket) -> list[ItemResult]:
+        await admission.start(ticket)  # its turn, or Shed while it waits: a 429 before any engine work
+        async with asyncio.timeout(ticket.time_left()):  # what is left of the deadline after the wait
             return await scorer.score([_to_score_item(i) for i in items], resolved)
 
     try:
-        with service.admission.admit(len(items), deadline):
-            results = await cancel_on_disconnect(request, score_within_deadline())
+        with admission.admit(len(items), deadline) as ticket:
+            results = await cancel_on_disconnect(request, score_within_deadline(ticket))
     except QueueFull as exc:
         metrics.REJECTED.inc()
         # Retry-After: 1 s past the queue bound (clients back off further on repeated 429s); past
-        # the deadline check, about the time until the queue could finish within the deadline.
+        # the deadline check, about the time until the queue could finish within the deadline; shed
+        # while waiting, about the time the work ahead of it takes.
         raise ApiError(
-            "queue_full", f"server busy: {exc}; retry later", headers={"Retry-After": str(exc.retry_after_s)}
+            "shed" if isinstance(exc, Shed) else "queue_full",
+            f"server busy: {exc}; retry later",
+            headers={"Retry-After": str(exc.retry_after_s)},
         ) from None
     except TimeoutError:
         metrics.TIMEOUTS.inc()

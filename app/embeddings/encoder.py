@@ -58,12 +58,17 @@ class Embedder:
         self.cache_hits = 0
         self.cache_misses = 0
 
+    # Texts per forward pass inside one encode call. sentence-transformers sorts a call's texts by
+    # length and pads each chunk to its longest: chunks of 64 mixed instructions (what 64 concurrent
+    # singles bring) padded short texts to long ones, 2.3x the time of chunks of 16 on the CPU.
+    ENCODE_CHUNK = 16
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """Normalised embeddings, one row per text."""
         with self._lock:
             return self._model.encode(
                 texts,
-                batch_size=self._max_batch_size,
+                batch_size=min(self._max_batch_size, self.ENCODE_CHUNK),
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,

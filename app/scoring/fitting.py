@@ -48,6 +48,10 @@ class PromptFitter:
     def render_with_offsets(self, prompt: Prompt) -> tuple[list[int], str, list[tuple[int, int]]]:
         text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
         text += prompt.answer_prefix
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a fast HF tokenizer: the same ids and spans, without the wrapper's conversions
+            encoding = backend.encode(text, add_special_tokens=False)
+            return encoding.ids, text, encoding.offsets
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoded["input_ids"]), text, [tuple(o) for o in encoded["offset_mapping"]]
 

@@ -8,6 +8,8 @@ import asyncio
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from urllib.parse import urlparse
 
@@ -93,9 +95,28 @@ def test_deadline_gives_504_and_aborts_the_engine_work(bounded):
         assert _metric(client.get("/metrics").text, "flip_timeouts_total") == before + 1
 
 
-def test_burst_of_singles_gets_rewards_or_429_never_5xx(bounded):
+# A CPU hog beside the burst: a bounded busy loop in another process, so the machine slows down after
+# the server measured its rate (as on a loaded CI machine, or with a neighbour on the box).
+_HOG_S = 600
+
+
+@pytest.fixture
+def cpu_hog():
+    hog = subprocess.Popen(
+        [sys.executable, "-c", f"import time\nend = time.monotonic() + {_HOG_S}\nwhile time.monotonic() < end: pass"]
+    )
+    yield hog
+    hog.kill()
+    hog.wait()
+
+
+def test_burst_of_singles_gets_rewards_or_429_never_5xx(bounded, cpu_hog):
+    """Beside a CPU hog: admitted work finishes within its deadline, or is shed before it starts
+    (429 with Retry-After); no 504 for admitted work, and no other 5xx."""
     items = _pairs(64)
     burst = [items[i % len(items)] for i in range(120)]
+    with bounded.client() as client:
+        timeouts_before = _metric(client.get("/metrics").text, "flip_timeouts_total")
 
     async def fire() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)
@@ -103,14 +124,16 @@ def test_burst_of_singles_gets_rewards_or_429_never_5xx(bounded):
             return await asyncio.gather(*(client.post("/reward", json=item) for item in burst))
 
     responses = asyncio.run(fire())
+    assert cpu_hog.poll() is None, "the hog ended before the burst did"
     statuses = [r.status_code for r in responses]
     assert len(responses) == len(burst)
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
-    assert statuses.count(429) > 0 and statuses.count(200) >= QUEUE_BOUND
+    assert statuses.count(429) > 0 and statuses.count(200) >= 1
     assert all(r.json()["reward"] is not None for r in responses if r.status_code == 200)
     assert all(r.headers["Retry-After"] for r in responses if r.status_code == 429)
     with bounded.client() as client:
         text = client.get("/metrics").text
+    assert _metric(text, "flip_timeouts_total") == timeouts_before  # no admitted work ran into a 504
     assert _metric(text, "flip_rejected_total") >= statuses.count(429)
     assert _metric(text, "flip_queue_depth") == 0
     assert _metric(text, "flip_embedding_batch_size_count") > 0

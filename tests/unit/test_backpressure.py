@@ -9,6 +9,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from app.batching import Admission
 from app.config import Settings
 from app.main import create_app
 from app.service import FlipService
@@ -121,3 +122,27 @@ async def test_a_client_that_disconnects_has_its_engine_work_cancelled(slow_app)
     assert engine.running == 0
     assert metric("flip_aborts_total") - aborts_before == 1
     assert service.admission.queued == 0
+
+
+async def test_waiting_work_that_can_no_longer_finish_is_shed_with_429_before_it_starts(slow_app):
+    app, engine, service = slow_app
+    engine.delay_s = 1.0
+    now = [0.0]
+    admission = Admission(service.admission.limit, clock=lambda: now[0])
+    with admission.admit(4):  # measured: 4 items in 4 busy seconds, 1 item/s
+        now[0] += 4.0
+    service.admission = admission
+    async with client_for(app) as client:
+        first = asyncio.create_task(client.post("/batch_reward", json={"items": [ITEM] * 3, "timeout_s": 5}))
+        while admission.started == 0:  # noqa: ASYNC110  # polls the admission's state, which has no event
+            await asyncio.sleep(0.01)
+        # 4 items at 1/s fit its 5 s, but started work may take only a quarter of that: it waits
+        second = asyncio.create_task(client.post("/reward", json={**ITEM, "timeout_s": 5}))
+        while not admission.waiting:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        now[0] += 4.0  # the 3 started are overdue (3 s at 1/s): at 0.75/s the 4 need 5.3 s of the 1 s left
+        shed = await second
+        assert shed.status_code == 429 and shed.json()["error"]["type"] == "shed"
+        assert int(shed.headers["Retry-After"]) >= 1
+        assert (await first).status_code == 200  # started work finishes
+    assert admission.queued == 0 and admission.started == 0

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from app.batching import Admission, MicroBatcher, QueueFull
+from app.batching import Admission, MicroBatcher, QueueFull, Shed
 
 
 class Recorder:
@@ -186,4 +186,61 @@ def test_sizing_a_trainer_burst_of_singles_with_the_default_deadline_and_bound(r
     first, final = _burst(admission, now, n, deadline_s=120, rate=rate, retries=4, retry_delay_s=1.0)
     assert first == admitted_at_once
     assert final - first <= int(rate * 4) + 1  # the retries only win what 4 s of engine time freed
+    assert admission.queued == 0
+
+
+async def test_waiting_work_is_shed_before_it_starts_when_the_measured_rate_drops():
+    now = [0.0]
+    admission = _established(10.0, now)
+    with admission.admit(40, deadline_s=60) as first:
+        await admission.start(first)  # an idle engine takes it at once
+        assert first.started and admission.started == 40
+        # 60 items at 10/s take 6 s: admitted within its 10 s, but started work may take only a
+        # quarter of what is left, so it waits for its turn
+        with admission.admit(20, deadline_s=10) as second:
+            waiting = asyncio.create_task(admission.start(second))
+            await asyncio.sleep(0)
+            assert not waiting.done() and not second.started
+            # The 40 started should take 4 s; after 5 s nothing has finished: the rate is at most
+            # 40 / 5 = 8 items/s, and the 60 items need 7.5 s of the 5 s left: shed before starting.
+            now[0] += 5.0
+            admission.recheck()
+            with pytest.raises(Shed, match="shed before it started") as shed:
+                await waiting
+            assert not second.started and admission.started == 40
+            assert 1 <= shed.value.retry_after_s <= 60
+    assert admission.queued == 0 and admission.started == 0
+
+
+async def test_waiting_work_starts_when_room_frees_while_the_rate_holds():
+    now = [0.0]
+    admission = _established(10.0, now)
+    first_gate = admission.admit(40, deadline_s=60)
+    first = first_gate.__enter__()
+    await admission.start(first)
+    with admission.admit(20, deadline_s=10) as second:
+        waiting = asyncio.create_task(admission.start(second))
+        await asyncio.sleep(0)
+        now[0] += 3.0  # within the 4 s the 40 take: not overdue, the rate holds, it keeps waiting
+        admission.recheck()
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        first_gate.__exit__(None, None, None)  # the 40 finish: the 20 start with 7 s left
+        await waiting
+        assert second.started and admission.started == 20
+    assert admission.queued == 0 and admission.started == 0
+
+
+async def test_a_waiting_request_whose_deadline_passes_is_shed_not_started():
+    now = [0.0]
+    admission = _established(10.0, now)
+    with admission.admit(40, deadline_s=60) as first:
+        await admission.start(first)
+        with admission.admit(10, deadline_s=8) as second:  # 50 / 10 = 5 s > a quarter of 8: waits
+            waiting = asyncio.create_task(admission.start(second))
+            await asyncio.sleep(0)
+            now[0] += 8.0
+            admission.recheck()
+            with pytest.raises(Shed):
+                await waiting
     assert admission.queued == 0
