@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -112,14 +111,11 @@ class V2Proxy:
     the V2 runner sends it (its cached-token count read from the reply's usage); the rest passes."""
 
     def __init__(self, upstream: str, api_key: str) -> None:
-        import threading
-
-        import uvicorn
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
-        from tests.integration.conftest import free_port
+        from tests.net import ThreadServer
         from tests.vllm_shapes import as_v2_json
 
         self.reshaped = 0
@@ -137,18 +133,11 @@ class V2Proxy:
                 return Response(json.dumps(as_v2_json(body, cached)), 200, media_type="application/json")
             return Response(reply.content, reply.status_code, media_type=reply.headers.get("content-type"))
 
-        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
+        self.server = ThreadServer(Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])]))
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server.close()
 
 
 async def test_remote_engine_reads_the_v2_layout_to_the_same_rewards(fleet):
