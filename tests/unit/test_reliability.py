@@ -188,7 +188,7 @@ def test_the_default_limits_refuse_huge_batches_strings_and_conversations(tmp_pa
     with _client(Settings(cache_dir=tmp_path)) as client:
         _wait_ready(client)
         items = {"items": [{"prompt": "p", "response": "r"}] * 10_000}
-        assert "512" in _assert_error_shape(client.post("/batch_reward", json=items), 413, "too_many_items")["message"]
+        _assert_error_shape(client.post("/batch_reward", json=items), 413, "too_many_items")
         megabyte = {"prompt": "p", "response": "ab " * 350_000}
         _assert_error_shape(client.post("/reward", json=megabyte), 413, "field_too_long")
         conversation = {"messages": [{"role": "user", "content": "hi"}] * 65, "response": "x"}
