@@ -5,17 +5,16 @@ tests/integration/test_trainers.py). The trainers' own client code (aiohttp, htt
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
 import pytest
-import uvicorn
 
 from app.config import Settings
 from app.main import create_app
 from app.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
+from tests.net import ThreadServer
 
 INSTRUCTION = "Explain why the sky is blue"
 # A GRPO group: one prompt, 8 completions, including an EOS-only one and one cut off inside <think>.
@@ -30,12 +29,6 @@ GROUP = [
     "Explain why the sky is blue. Explain why the sky is blue.",  # nothing but copies
 ]
 UNSCORABLE = {3: "empty_response", 4: "think_only", 7: "all_copied"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Live:
@@ -56,19 +49,13 @@ def live(tmp_path_factory):
     )
     engine = FakeEngine()
     service = FlipService(settings, engine_factory=lambda s: engine, embedder_factory=lambda s: HashEmbedder())
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = ThreadServer(create_app(settings, service), start_timeout_s=20)
     deadline = time.monotonic() + 20
-    while not (server.started and service.ready):
+    while not service.ready:
         assert time.monotonic() < deadline, "the contract-test service did not start"
         time.sleep(0.02)
-    yield Live(f"http://127.0.0.1:{port}", service, engine)
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield Live(server.url, service, engine)
+    server.close()
 
 
 def batch_rewards(live: Live, items: list[dict]) -> list[float]:

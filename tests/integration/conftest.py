@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "data" / "samples"
@@ -34,12 +35,6 @@ class RunningServer:
 
     def client(self, timeout: float = 300.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(tmp_dir: Path, extra_args: list[str] = (), env: dict[str, str] | None = None) -> RunningServer:

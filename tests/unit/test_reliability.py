@@ -184,14 +184,53 @@ def test_unpaired_surrogates_are_422_not_500(client):
         assert "surrogate" in error["message"]
 
 
+def test_the_default_limits_refuse_huge_batches_strings_and_conversations(tmp_path):
+    with _client(Settings(cache_dir=tmp_path)) as client:
+        _wait_ready(client)
+        items = {"items": [{"prompt": "p", "response": "r"}] * 10_000}
+        _assert_error_shape(client.post("/batch_reward", json=items), 413, "too_many_items")
+        megabyte = {"prompt": "p", "response": "ab " * 350_000}
+        _assert_error_shape(client.post("/reward", json=megabyte), 413, "field_too_long")
+        conversation = {"messages": [{"role": "user", "content": "hi"}] * 65, "response": "x"}
+        _assert_error_shape(client.post("/reward", json=conversation), 413, "too_many_messages")
+
+
 # --- one error shape for everything
+
+BROKEN_BODIES = [
+    # (name, path, raw body, status, error type); the real server's transport-level refusals are in
+    # tests/integration/test_bad_inputs.py
+    ("invalid JSON", "/reward", b'{"prompt": "p", "response": ', 422, "validation_error"),
+    ("not an object", "/reward", b'["prompt", "response"]', 422, "validation_error"),
+    ("wrong type: items", "/batch_reward", b'{"items": "all of them"}', 422, "validation_error"),
+    ("null body", "/reward", b"null", 422, "validation_error"),
+    ("empty body", "/reward", b"", 422, "validation_error"),
+    ("deeply nested JSON", "/reward", b"[" * 100_000 + b"]" * 100_000, 400, "bad_request"),
+    (
+        "nested value in a field",
+        "/reward",
+        b'{"prompt": ' + b"[" * 500 + b"]" * 500 + b', "response": "x"}',
+        422,
+        "validation_error",
+    ),
+    ("non-UTF-8 bytes", "/reward", b'{"prompt": "caf\xe9 \xff\xfe", "response": "x"}', 400, "bad_request"),
+    ("non-UTF-8 start", "/reward", b"\xff\xfe{", 400, "bad_request"),
+]
+
+
+@pytest.mark.parametrize("name,path,body,status,type_", BROKEN_BODIES, ids=[c[0] for c in BROKEN_BODIES])
+def test_a_broken_body_gets_its_status_and_the_one_shape(client, name, path, body, status, type_):
+    headers = {"content-type": "application/json", "X-Request-ID": f"bad-{name}"}
+    response = client.post(path, content=body, headers=headers)
+    error = _assert_error_shape(response, status, type_)
+    assert error["message"] and error["request_id"] == f"bad-{name}"
+    assert "Traceback" not in response.text and "/app/" not in response.text and ".py" not in response.text
 
 
 def test_every_error_has_the_one_shape_and_no_internals(client):
     _assert_error_shape(client.get("/no-such-route"), 404, "not_found")
     _assert_error_shape(client.get("/reward"), 405, "method_not_allowed")
-    _assert_error_shape(client.post("/reward", content=b"\xff\xfe{", headers={"content-type": "application/json"}), 400)
-    _assert_error_shape(client.post("/reward", content=b"[" * 5000, headers={"content-type": "application/json"}), 400)
+    _assert_error_shape(client.delete("/ready"), 405, "method_not_allowed")
 
 
 def test_unexpected_failure_is_500_without_internals(tmp_path):
