@@ -32,7 +32,7 @@ from app.api.schemas import (
     SlimeRequest,
     SlimeResponse,
 )
-from app.api.serving import ERROR_RESPONSES, ready_service, score_items
+from app.api.serving import ERROR_RESPONSES, ScoringRequest, ready_service, score_items
 from app.config import Similarity
 from app.integrations.chat_template import (
     instruction_messages,
@@ -123,12 +123,14 @@ async def openrlhf_get_reward(
 
     service, scored = await score_items(
         request,
-        items,
-        ScoringOptions(similarity=similarity),
-        route="/get_reward",
-        field="query",
-        on_item_error="trainer",
-        field_of=lambda i: f"query[{i}]",
+        ScoringRequest(
+            items,
+            ScoringOptions(similarity=similarity),
+            route="/get_reward",
+            field="query",
+            on_item_error="trainer",
+            field_of=lambda i: f"query[{i}]",
+        ),
     )
     results = [to_result(r, False).model_dump() for r in scored]
     rewards = [float(r["reward"]) for r in results]
@@ -162,12 +164,14 @@ async def slime_reward(
         raise _unreadable("label" if instruction_from == "label" else "prompt", exc) from None
     _, (scored,) = await score_items(
         request,
-        [item],
-        ScoringOptions(similarity=similarity),
-        route="/slime_reward",
-        field="body",
-        on_item_error="trainer",
-        field_of=lambda i: "response",
+        ScoringRequest(
+            [item],
+            ScoringOptions(similarity=similarity),
+            route="/slime_reward",
+            field="body",
+            on_item_error="trainer",
+            field_of=lambda i: "response",
+        ),
     )
     result = to_result(scored, False).model_dump()
     return SlimeResponse(**result, extra_logs=extra_logs(result))

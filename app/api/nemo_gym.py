@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.api.errors import ApiError
 from app.api.results import to_result
 from app.api.schemas import Message, RewardItem, ScoringOptions
-from app.api.serving import ERROR_RESPONSES, ready_service, score_items
+from app.api.serving import ERROR_RESPONSES, ScoringRequest, ready_service, score_items
 from app.integrations.chat_template import instruction_messages, message_text
 from app.integrations.extra_logs import extra_logs
 
@@ -95,12 +95,14 @@ async def gym_verify(body: GymVerifyRequest, request: Request) -> dict[str, Any]
     item = gym_item(body)
     _, (scored,) = await score_items(
         request,
-        [item],
-        ScoringOptions(),
-        route="/verify",
-        field="body",
-        on_item_error="trainer",
-        field_of=lambda i: "response",
+        ScoringRequest(
+            [item],
+            ScoringOptions(),
+            route="/verify",
+            field="body",
+            on_item_error="trainer",
+            field_of=lambda i: "response",
+        ),
     )
     result = to_result(scored, False).model_dump()
     return {

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.api.results import to_result
 from app.api.schemas import RankRequest, RankResponse
-from app.api.serving import ERROR_RESPONSES, score_items
+from app.api.serving import ERROR_RESPONSES, ScoringRequest, score_items
 from app.scoring.prompts import PROMPT_VERSION
 
 router = APIRouter(tags=["reward"])
@@ -22,7 +22,9 @@ def rank_order(rewards: list[float | None]) -> list[int]:
 @router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES)
 async def rank(body: RankRequest, request: Request) -> RankResponse:
     """Score N responses to one instruction and rank them (best first)."""
-    service, results = await score_items(request, body.reward_items(), body, route="/rank", field="responses")
+    service, results = await score_items(
+        request, ScoringRequest(body.reward_items(), body, route="/rank", field="responses")
+    )
     rewards = [r.reward for r in results]
     ranking = rank_order(rewards)
     return RankResponse(

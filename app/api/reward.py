@@ -19,7 +19,7 @@ from app.api.schemas import (
     RewardRequest,
     RewardResponse,
 )
-from app.api.serving import ERROR_RESPONSES, ready_service, score_items
+from app.api.serving import ERROR_RESPONSES, ScoringRequest, ready_service, score_items
 from app.scoring.prompts import PROMPT_VERSION
 
 __all__ = ["ERROR_RESPONSES", "json_response", "ready_service", "router"]
@@ -37,7 +37,7 @@ def json_response(model: BaseModel) -> Response:
 @router.post("/reward", response_model=RewardResponse, response_model_exclude_none=False, responses=ERROR_RESPONSES)
 async def reward(body: RewardRequest, request: Request) -> Response:
     """Score one response against its instruction."""
-    service, (result,) = await score_items(request, [body], body, route="/reward", field="body")
+    service, (result,) = await score_items(request, ScoringRequest([body], body, route="/reward", field="body"))
     return json_response(
         RewardResponse(
             **to_result(result, body.details).model_dump(),
@@ -53,7 +53,9 @@ async def batch_reward(body: BatchRewardRequest, request: Request) -> Response:
     """Score many items in one engine batch. Results keep the input order. A response with nothing
     to score gets the floor reward and its `unscorable` reason; an item that could not be scored
     has `reward: null`, an `error` and its `code`, never a made-up 0."""
-    service, results = await score_items(request, body.items, body, route="/batch_reward", field="items")
+    service, results = await score_items(
+        request, ScoringRequest(body.items, body, route="/batch_reward", field="items")
+    )
     return json_response(
         BatchRewardResponse(
             model=service.model_name,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
@@ -55,6 +56,21 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 OnItemError = Literal["report", "trainer"]
 
 
+@dataclass(frozen=True)
+class ScoringRequest:
+    """What a route hands the serving path: the items and their options, the route (a metrics
+    label), `field` naming the list in a 413 (items, responses, query), `field_of(i)` naming item i
+    in a per-item error, and what an item the service failed on becomes (`report`: its error in the
+    result; `trainer`: the request fails with an HTTP error the trainer retries)."""
+
+    items: Sequence[RewardItem]
+    options: ScoringOptions
+    route: str
+    field: str
+    on_item_error: OnItemError = "report"
+    field_of: Callable[[int], str] | None = None
+
+
 def ready_service(request: Request) -> FlipService:
     service: FlipService = request.app.state.service
     if not service.ready:
@@ -87,21 +103,12 @@ def score_options(service: FlipService, options: ScoringOptions) -> ScoreOptions
     )
 
 
-async def score_items(
-    request: Request,
-    items: Sequence[RewardItem],
-    options: ScoringOptions,
-    *,
-    route: str,
-    field: str,
-    on_item_error: OnItemError = "report",
-    field_of: Callable[[int], str] | None = None,
-) -> tuple[FlipService, list[ItemResult]]:
-    """Score `items` as one engine batch through every step above. `field` names the list in a
-    413 (items, responses, query); `field_of(i)` names item i in a per-field error."""
+async def score_items(request: Request, work: ScoringRequest) -> tuple[FlipService, list[ItemResult]]:
+    """Score the request's items as one engine batch through every step above."""
+    items, options, field = work.items, work.options, work.field
     service = ready_service(request)
     settings = service.settings
-    name = field_of or (lambda i: f"{field}[{i}]")
+    name = work.field_of or (lambda i: f"{field}[{i}]")
     # A batch larger than the queue bound could never be admitted: that is a 413, not a 429.
     limit = min(settings.max_batch_items, settings.max_queued_items)
     if len(items) > limit:
@@ -145,8 +152,8 @@ async def score_items(
     except ClientDisconnected:
         # Nobody is listening; the status is only for the access log and the request metrics.
         raise ApiError("client_disconnected", "the client disconnected; the work was aborted") from None
-    record_results(results, resolved.method, route)
-    if on_item_error == "trainer":
+    record_results(results, resolved.method, work.route)
+    if work.on_item_error == "trainer":
         fail_on_item_errors(results, name)
     return service, results
 

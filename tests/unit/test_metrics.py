@@ -22,11 +22,11 @@ def _sample(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
-def test_score_items_routes_are_the_scoring_routes():
+def test_scoring_request_routes_are_the_scoring_routes():
     routes = set()
     for path in API.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "score_items":
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ScoringRequest":
                 (route,) = [k.value for k in node.keywords if k.arg == "route"]
                 assert isinstance(route, ast.Constant), f"{path.name}: route must be a literal"
                 routes.add(route.value)
