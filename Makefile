@@ -24,7 +24,7 @@ test: setup
 unit: setup
 	.venv/bin/python -m pytest -q tests/unit tests/contracts
 
-# The gate CI runs before the tests (.ci/run): lint, formatting, and types on app/.
+# The gate CI runs before the tests (.ci/run): lint, formatting, and types on flip_reward/.
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -35,9 +35,9 @@ format: setup
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
-# Regenerate the README's configuration tables from the settings classes (app/config.py).
+# Regenerate the README's configuration tables from the settings classes (flip_reward/config.py).
 docs: setup
-	.venv/bin/python -m app.config_docs
+	.venv/bin/python -m flip_reward.config_docs
 
 # Throughput benchmark (service vs raw engine vs naive pipeline); table on stdout, JSON in bench/results/.
 bench:

@@ -31,9 +31,9 @@ SAMPLE = ROOT / "data" / "samples" / "autoj_pairwise_64.jsonl"
 def measure(n: int) -> dict:
     from vllm import LLM, SamplingParams
 
-    from app.config import Settings
-    from app.engines.vllm_local import resolve_dtype
-    from app.models import resolve_llm
+    from flip_reward.config import Settings
+    from flip_reward.engines.vllm_local import resolve_dtype
+    from flip_reward.models import resolve_llm
 
     settings = Settings()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))

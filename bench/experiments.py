@@ -17,14 +17,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from app.config import Settings
-from app.engines.base import Engine, GenerationParams
-from app.scoring.fitting import Fitted
-from app.scoring.items import ScoreItem, ScoreOptions
-from app.scoring.methods.generate import Generate
-from app.scoring.methods.likelihood import Likelihood
-from app.scoring.prompts import ASK_DIRECT, Prompt, build_reconstruction_prompt
-from app.scoring.scorer import Scorer
+from flip_reward.config import Settings
+from flip_reward.engines.base import Engine, GenerationParams
+from flip_reward.scoring.fitting import Fitted
+from flip_reward.scoring.items import ScoreItem, ScoreOptions
+from flip_reward.scoring.methods.generate import Generate
+from flip_reward.scoring.methods.likelihood import Likelihood
+from flip_reward.scoring.prompts import ASK_DIRECT, Prompt, build_reconstruction_prompt
+from flip_reward.scoring.scorer import Scorer
 
 EXPERIMENTAL_PROMPT_MODES = ("fewshot", "prefix")
 

@@ -4,7 +4,7 @@ scoring, the micro-batcher, JSON) can serve when the engine costs nothing.
     .venv/bin/python bench/front_ceiling.py [--methods likelihood,generate] [--items 256] [--fronts 1,2]
     .venv/bin/python bench/front_ceiling.py --profile docs/results/front-profile.svg [--profile-items 1024]
 
-The real service (app.main.create_app, uvicorn, the real tokenizer and embedder) runs in a subprocess
+The real service (flip_reward.main.create_app, uvicorn, the real tokenizer and embedder) runs in a subprocess
 with bench/null_engine.py's NullEngine, which answers in the real shapes at no cost. For each method:
 single /reward requests from 1, 8 and 64 concurrent callers (closed loop) and /batch_reward of
 --batch-size items per request, each phase on items the service has not seen. Per phase: rewards/s,
@@ -51,10 +51,10 @@ def serve_front(port: int, tree: str) -> None:
     sys.path[:0] = [str(Path(tree).resolve()), str(Path(__file__).parent)]
     from null_engine import NullEngine
 
-    from app.config import Settings
-    from app.main import create_app
-    from app.server import serve
-    from app.service import FlipService
+    from flip_reward.config import Settings
+    from flip_reward.main import create_app
+    from flip_reward.server import serve
+    from flip_reward.service import FlipService
 
     settings = Settings(port=port, log_level="warning")
     serve(create_app(settings, FlipService(settings, engine_factory=NullEngine.start)), settings)
@@ -295,7 +295,7 @@ def top_costs(raw: Path, k: int = 5) -> list[tuple[str, float]]:
 def run_profile(
     svg: Path, items: int, method: str | None, pairs: list[dict], tree: str = ".", phase: str = "c64"
 ) -> dict:
-    from app.config import Settings
+    from flip_reward.config import Settings
 
     method = method or Settings().method
     spy = Path(sys.executable).with_name("py-spy")

@@ -3,7 +3,7 @@
 building, guards, scoring arithmetic, JSON) is all that is timed, so what one front process can feed
 a GPU engine is measurable on any CPU.
 
-- prompt_logprobs: a list of len(prompt) (the Engine contract, app/engines/base.py), None for the
+- prompt_logprobs: a list of len(prompt) (the Engine contract, flip_reward/engines/base.py), None for the
   first position and for the positions before `scored_from`, a finite log-probability elsewhere.
 - generate: a fixed inferred instruction that every prompt mode parses (a prefill of max_tokens=1,
   the likelihood method's first step, gives one token and no text).
@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.config import Settings
-from app.engines.base import Engine, Generation, GenerationParams, prefix_cache_stats
+from flip_reward.config import Settings
+from flip_reward.engines.base import Engine, Generation, GenerationParams, prefix_cache_stats
 
 INFERRED = "Give me three tips for staying focused while studying."
 
@@ -36,7 +36,7 @@ class NullEngine(Engine):
 
     @classmethod
     def start(cls, settings: Settings) -> NullEngine:
-        from app.models import BUILTIN_LLM_NAME, TRANSFORMERS_LOCK, resolve_llm
+        from flip_reward.models import BUILTIN_LLM_NAME, TRANSFORMERS_LOCK, resolve_llm
 
         with TRANSFORMERS_LOCK:  # the embedder loads beside it; transformers' imports are not thread-safe
             from transformers import AutoTokenizer

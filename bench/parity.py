@@ -148,7 +148,7 @@ def run(model: str, extra_env: dict[str, str]) -> dict[str, Any]:
     env = {**os.environ, "FLIP_MODEL": model, **extra_env}
     log = open(ROOT / "bench" / "results" / "parity-server.log", "w")  # noqa: SIM115  # open for the process's life
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "flip_reward.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

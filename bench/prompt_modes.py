@@ -47,10 +47,10 @@ def load_pairs(n: int) -> list[dict]:
 
 
 async def run(n_pairs: int, only: list[str] | None) -> dict:
-    from app.config import Settings
-    from app.scoring.scorer import ScoreItem, ScoreOptions
-    from app.service import FlipService
     from bench.experiments import experiment_scorer
+    from flip_reward.config import Settings
+    from flip_reward.scoring.scorer import ScoreItem, ScoreOptions
+    from flip_reward.service import FlipService
 
     pairs = load_pairs(n_pairs)
     items = [ScoreItem(p["prompt"], p[k]) for p in pairs for k in ("chosen", "rejected")]
@@ -110,9 +110,9 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    from app.config import Settings
-    from app.models import BUILTIN_LLM_NAME
-    from app.scoring.prompts import PROMPT_VERSION
+    from flip_reward.config import Settings
+    from flip_reward.models import BUILTIN_LLM_NAME
+    from flip_reward.scoring.prompts import PROMPT_VERSION
 
     settings = Settings()
     out_dir = ROOT / "bench" / "results"

@@ -44,7 +44,7 @@ REMOTE_MODES = [  # (name, prompt-logprobs endpoint, prefix affinity)
 
 
 def load_items(n: int) -> list:
-    from app.scoring.scorer import ScoreItem
+    from flip_reward.scoring.scorer import ScoreItem
 
     path = ROOT / "data" / "samples" / "selfinstruct_reconstruction_64.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
@@ -52,20 +52,20 @@ def load_items(n: int) -> list:
 
 
 def options(method: str):
-    from app.config import Settings
-    from app.scoring.scorer import ScoreOptions
+    from flip_reward.config import Settings
+    from flip_reward.scoring.scorer import ScoreOptions
 
     settings = Settings()
     return ScoreOptions(similarity=settings.similarity, prompt_mode=settings.prompt_mode, method=method)
 
 
 async def score(engine, items, method: str) -> tuple[list, float]:
-    from app.config import Settings
-    from app.scoring.scorer import Scorer
+    from flip_reward.config import Settings
+    from flip_reward.scoring.scorer import Scorer
 
     embedder = None
     if method == "generate":
-        from app.service import load_embedder
+        from flip_reward.service import load_embedder
 
         embedder = load_embedder(Settings())
     scorer = Scorer(engine, embedder, Settings())  # type: ignore[arg-type]  # likelihood and judge use no embedder
@@ -75,8 +75,8 @@ async def score(engine, items, method: str) -> tuple[list, float]:
 
 
 async def run_local(items, method: str) -> dict:
-    from app.config import Settings
-    from app.service import load_vllm_engine
+    from flip_reward.config import Settings
+    from flip_reward.service import load_vllm_engine
 
     engine = await asyncio.to_thread(load_vllm_engine, Settings())
     counts = {"requests": 0, "prompt": 0, "cached": 0}
@@ -107,8 +107,8 @@ async def run_local(items, method: str) -> dict:
 
 
 def start_servers(n: int, log_dir: Path) -> list[tuple[subprocess.Popen, str]]:
-    from app.config import Settings
-    from app.models import builtin_vllm_serve_command, prepare_builtin_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import builtin_vllm_serve_command, prepare_builtin_llm
 
     model_dir = prepare_builtin_llm(Settings().cache_dir)
     servers = []
@@ -160,8 +160,8 @@ def server_counters(urls: list[str]) -> dict[str, float]:
 
 
 async def run_remote(urls: list[str], items, method: str, endpoint: str, affinity: bool) -> dict:
-    from app.config import Settings
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.config import Settings
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     settings = Settings(
         engine="remote",
@@ -237,8 +237,8 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
-    from app.config import Settings
-    from app.models import BUILTIN_LLM_NAME
+    from flip_reward.config import Settings
+    from flip_reward.models import BUILTIN_LLM_NAME
 
     settings = Settings()
     out_dir = ROOT / "bench" / "results"

@@ -4,7 +4,7 @@ rewards (and every other result field) compared. A refactoring check, not a spee
     flock /tmp/flip-engine.lock .venv/bin/python bench/scorer_equivalence.py --against 81e5356 [--items 24]
 
 Arms, each after the engine's prefix cache is emptied (so no arm reads another's prompts):
-  old               app/scoring/scorer.py at --against, loaded from git
+  old               flip_reward/scoring/scorer.py at --against, loaded from git
   new (one request) this tree, likelihood scored the way the old code did (every instruction in one
                     request, the real one from the response on): must equal old exactly
   new (prefill)     this tree, the response prefilled without logprobs and the instructions (and the
@@ -46,10 +46,10 @@ _CRAFTED = [
 
 def load_old_scorer(rev: str) -> types.ModuleType:
     source = subprocess.run(
-        ["git", "show", f"{rev}:app/scoring/scorer.py"], cwd=ROOT, check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:flip_reward/scoring/scorer.py"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout
     module = types.ModuleType("old_scorer")
-    module.__file__ = f"{rev}:app/scoring/scorer.py"
+    module.__file__ = f"{rev}:flip_reward/scoring/scorer.py"
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
@@ -66,10 +66,10 @@ async def _score(engine, scorer, module, items: list[dict], settings, method: st
 
 
 async def main(args: argparse.Namespace) -> int:
-    from app.config import Settings
-    from app.scoring import items as new_items
-    from app.service import load_embedder, load_vllm_engine
     from bench.experiments import experiment_scorer
+    from flip_reward.config import Settings
+    from flip_reward.scoring import items as new_items
+    from flip_reward.service import load_embedder, load_vllm_engine
 
     settings = Settings()
     engine = await asyncio.to_thread(load_vllm_engine, settings)
@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", default="HEAD", help="the git revision whose app/scoring/scorer.py is old")
+    parser.add_argument("--against", default="HEAD", help="the git revision whose flip_reward/scoring/scorer.py is old")
     parser.add_argument("--items", type=int, default=24, help="real pairs scored by likelihood")
     parser.add_argument("--generate-items", type=int, default=6, help="of them, scored by generate and judge")
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest reward difference for prefill")

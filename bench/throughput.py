@@ -6,7 +6,7 @@
     .venv/bin/python bench/throughput.py --burst-only [--cpu-hog]
 
 Phases (same machine, same model, same prompts, same settings):
-  raw     the service's own scoring (app/scoring: copy guard, prepare, run) on the in-process engine,
+  raw     the service's own scoring (flip_reward/scoring: copy guard, prepare, run) on the in-process engine,
           all items in one call: the service minus HTTP and its micro-batcher (ceiling)
   naive   the reference FLIP pipeline: transformers generate, one sample at a time, then word F1, on
           the engine's device (cuda when available)
@@ -98,8 +98,8 @@ def take(pairs: list[dict], start: int, n: int) -> list[dict]:
 
 
 def score_options(settings, method: str | None = None):
-    """The options a request without any gets (app/api/reward.py's score_options)."""
-    from app.scoring.scorer import ScoreOptions
+    """The options a request without any gets (flip_reward/api/reward.py's score_options)."""
+    from flip_reward.scoring.scorer import ScoreOptions
 
     return ScoreOptions(
         similarity=settings.similarity,
@@ -113,7 +113,7 @@ def score_options(settings, method: str | None = None):
 async def score_raw(engine, embedder, settings, items: list[dict]) -> list:
     """The service's own scoring (copy guard, the method's prepare and run, the same arithmetic) on
     every item in one call: the service minus HTTP and its micro-batcher."""
-    from app.scoring.scorer import ScoreItem, Scorer
+    from flip_reward.scoring.scorer import ScoreItem, Scorer
 
     scorer = Scorer(engine, embedder, settings)
     return await scorer.score(
@@ -145,13 +145,13 @@ class LogprobCounter:
 
 
 def _start_engine(settings):
-    from app.service import load_embedder, load_vllm_engine
+    from flip_reward.service import load_embedder, load_vllm_engine
 
     return load_vllm_engine(settings), load_embedder(settings)
 
 
 def run_raw(items: list[dict]) -> dict:
-    from app.config import Settings
+    from flip_reward.config import Settings
 
     settings = Settings()
 
@@ -178,7 +178,7 @@ def run_raw(items: list[dict]) -> dict:
 
 async def _singles_in_process(scorer, items: list[dict], options, concurrency: int) -> tuple[float, list]:
     """`concurrency` callers, each scoring one item at a time (closed loop), as trainers send singles."""
-    from app.scoring.scorer import ScoreItem
+    from flip_reward.scoring.scorer import ScoreItem
 
     queue, results = list(enumerate(items))[::-1], [None] * len(items)
 
@@ -211,8 +211,8 @@ def run_likelihood_ab(
     cache), on one engine: rounds of `round_items` items, each scored by both arms as `concurrency`
     concurrent singles, the order alternating and the prefix cache emptied before each, so the
     machine's load changes hit both arms alike."""
-    from app.config import Settings
     from bench.experiments import experiment_scorer
+    from flip_reward.config import Settings
 
     settings = Settings(method="likelihood")
     options = score_options(settings)
@@ -291,9 +291,9 @@ def likelihood_ab_table(ab: dict) -> str:
 
 def _naive_prompts(items: list[dict], tokenizer, settings):
     """The service's own reconstruction prompts (method generate) as token ids, after its copy guard."""
-    from app.scoring.fitting import PromptFitter
-    from app.scoring.methods.generate import Generate
-    from app.scoring.scorer import ScoreItem, apply_copy_guard
+    from flip_reward.scoring.fitting import PromptFitter
+    from flip_reward.scoring.methods.generate import Generate
+    from flip_reward.scoring.scorer import ScoreItem, apply_copy_guard
 
     fitter = PromptFitter(tokenizer, settings.max_model_len, settings.strip_think)
     items = [ScoreItem(i["prompt"], i["response"]) for i in items]
@@ -304,8 +304,8 @@ def _naive_prompts(items: list[dict], tokenizer, settings):
 
 
 def _similarity(items: list[dict], raw_outputs: list[str], settings) -> list[float]:
-    from app.scoring.parse import parse_direct, parse_instruction
-    from app.scoring.similarity import word_f1
+    from flip_reward.scoring.parse import parse_direct, parse_instruction
+    from flip_reward.scoring.similarity import word_f1
 
     parse = parse_instruction if settings.prompt_mode == "paper" else parse_direct
     return [word_f1(parse(raw).instruction or "", i["prompt"]) for raw, i in zip(raw_outputs, items)]
@@ -316,8 +316,8 @@ def run_naive(items: list[dict]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.config import Settings
-    from app.models import resolve_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import resolve_llm
 
     settings = Settings()
     path = resolve_llm(settings.model, settings.cache_dir)
@@ -383,7 +383,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "app.cli",
+                "flip_reward.cli",
                 "serve",
                 "--port",
                 str(self.port),
@@ -656,8 +656,8 @@ def main() -> None:
         run_likelihood_ab_only(args)
         return
 
-    from app.config import Settings
-    from app.models import BUILTIN_LLM_NAME
+    from flip_reward.config import Settings
+    from flip_reward.models import BUILTIN_LLM_NAME
 
     if args.method:  # the server and the raw-engine subprocess read it from the environment
         os.environ["FLIP_METHOD"] = args.method

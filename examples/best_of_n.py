@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.client import FlipClient
 from examples._common import URL, load_jsonl
+from flip_reward.client import FlipClient
 
 
 def main() -> None:

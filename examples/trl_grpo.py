@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.integrations.trl import make_reward_func
 from examples._common import URL, selfinstruct
+from flip_reward.integrations.trl import make_reward_func
 
 
 def dataset_rows(conversational: bool, n: int) -> list[dict]:
@@ -56,8 +56,8 @@ def train(conversational: bool, steps: int) -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from app.config import Settings
-    from app.models import resolve_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import resolve_llm
 
     policy = resolve_llm(None, Settings().cache_dir)  # the built-in SmolLM2-135M-Instruct
     config = GRPOConfig(

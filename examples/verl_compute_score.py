@@ -2,12 +2,12 @@
 
 veRL config keys (the `app` package must be importable by the reward workers):
 
-    custom_reward_function.path=<this repo>/app/integrations/verl.py
+    custom_reward_function.path=<this repo>/flip_reward/integrations/verl.py
     custom_reward_function.name=compute_score            # compute_score_async for veRL's reward loop
     +custom_reward_function.reward_kwargs.base_url=http://127.0.0.1:8000
 
 veRL gives the function only the decoded response; the instruction must be in the dataset row,
-best as extra_info["instruction"] (see app/integrations/verl.py for the other places it looks).
+best as extra_info["instruction"] (see flip_reward/integrations/verl.py for the other places it looks).
 This script builds such rows from data/samples and calls the function as veRL's naive reward
 manager does (keyword arguments, EOS token left in the decoded response), sync and async.
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.integrations.verl import compute_score, compute_score_async
 from examples._common import URL, selfinstruct
+from flip_reward.integrations.verl import compute_score, compute_score_async
 
 
 def verl_row(row: dict) -> dict:
@@ -37,7 +37,7 @@ def verl_row(row: dict) -> dict:
 
 
 def main() -> None:
-    print(f"custom_reward_function.path={Path(__file__).resolve().parents[1] / 'app/integrations/verl.py'}")
+    print(f"custom_reward_function.path={Path(__file__).resolve().parents[1] / 'flip_reward/integrations/verl.py'}")
     print("custom_reward_function.name=compute_score")
     print(f"+custom_reward_function.reward_kwargs.base_url={URL}\n")
     for row in selfinstruct(3):

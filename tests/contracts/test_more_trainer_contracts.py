@@ -31,7 +31,7 @@ import aiohttp
 import pytest
 import torch
 
-from app.client import AsyncFlipClient, FlipClient, RetryPolicy
+from flip_reward.client import AsyncFlipClient, FlipClient, RetryPolicy
 from tests.contracts.conftest import GROUP, INSTRUCTION, UNSCORABLE, batch_rewards, run
 
 CHATML = "<|im_start|>system\nBe helpful.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -130,7 +130,7 @@ def verifiers_task(prompt=None, system_prompt="Be helpful."):
 
 
 def test_verifiers_reward_scores_a_grpo_group_by_import_path(service_env, expected):
-    from app.integrations import verifiers
+    from flip_reward.integrations import verifiers
 
     assert inspect.iscoroutinefunction(verifiers.reward)  # gathered, so it must be awaitable
     rewards = {"flip": (verifiers.reward, 1.0)}
@@ -147,7 +147,7 @@ def test_verifiers_reward_scores_a_grpo_group_by_import_path(service_env, expect
 
 
 def test_verifiers_instruction_is_the_last_user_message_not_prompt_text(service_env):
-    from app.integrations.verifiers import flip_item
+    from flip_reward.integrations.verifiers import flip_item
 
     prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     task = verifiers_task(prompt + [{"role": "user", "content": [{"type": "text", "text": INSTRUCTION}]}])
@@ -169,7 +169,7 @@ def test_a_mapping_of_extra_logs_would_be_summed_into_the_verifiers_reward():
 
 
 def test_verifiers_failure_fails_the_rollout_and_prime_rl_drops_it(unavailable_url, monkeypatch):
-    from app.integrations import verifiers
+    from flip_reward.integrations import verifiers
 
     monkeypatch.setenv("FLIP_REWARD_URL", unavailable_url)
     monkeypatch.setattr(verifiers, "_client", no_retry_async)
@@ -273,7 +273,7 @@ async def skyrl_agent_loop(env_cls, executor: ThreadPoolExecutor, prompt: list[d
 
 
 def test_skyrl_env_scores_a_grpo_group_on_the_env_thread_pool(service_env, expected):
-    from app.integrations.skyrl import FlipEnv
+    from flip_reward.integrations.skyrl import FlipEnv
 
     extras = {"reward_spec": {"method": "rule", "ground_truth": None}}
 
@@ -290,7 +290,7 @@ def test_skyrl_env_scores_a_grpo_group_on_the_env_thread_pool(service_env, expec
 
 
 def test_skyrl_failure_fails_the_generation(unavailable_url, monkeypatch):
-    from app.integrations import skyrl
+    from flip_reward.integrations import skyrl
 
     monkeypatch.setenv("FLIP_REWARD_URL", unavailable_url)
     monkeypatch.setattr(skyrl, "_client", no_retry_sync)
@@ -349,7 +349,7 @@ def areal_rlvr_rewards(reward_fn, pool, completions: list[str]) -> list[float]:
 
 
 def test_areal_reward_fn_scores_a_grpo_group_in_a_process_pool(service_env, expected):
-    from app.integrations.areal import reward_fn
+    from flip_reward.integrations.areal import reward_fn
 
     # ProcessPoolExecutor's default start on Linux (Python <= 3.13) forks the rollout process
     with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -358,14 +358,14 @@ def test_areal_reward_fn_scores_a_grpo_group_in_a_process_pool(service_env, expe
 
 
 def test_areal_instruction_without_messages_comes_from_the_templated_prompt(service_env):
-    from app.integrations.areal import flip_item
+    from flip_reward.integrations.areal import flip_item
 
     item = flip_item(CHATML.format(INSTRUCTION), GROUP[0] + "<|im_end|>", {})
     assert item == {"messages": MESSAGES, "response": GROUP[0]}
 
 
 def test_areal_a_stalled_service_raises_within_the_budget_never_0(monkeypatch):
-    from app.integrations.areal import reward_fn
+    from flip_reward.integrations.areal import reward_fn
 
     with socket.socket() as silent:  # accepts connections, never answers: a stalled service
         silent.bind(("127.0.0.1", 0))
@@ -388,7 +388,7 @@ def test_axolotl_loads_the_trl_reward_function_by_its_dotted_path(service_env, e
     to TRL's GRPOTrainer as is (L213-217)."""
     import importlib
 
-    fqn = "app.integrations.trl.flip_reward"
+    fqn = "flip_reward.integrations.trl.flip_reward"
     module = importlib.import_module(".".join(fqn.split(".")[:-1]))
     reward_func = getattr(module, fqn.split(".")[-1])
     assert len(inspect.signature(reward_func).parameters) >= 2

@@ -205,7 +205,7 @@ def verl_args(response: str, url: str) -> dict:
 
 
 def test_verl_reward_loop_async_adapter(live, expected):
-    from app.integrations.verl import compute_score_async
+    from flip_reward.integrations.verl import compute_score_async
 
     # verl/trainer/ppo/reward.py L96: an async function is wrapped with partial(_call_with_kwargs_async)
     assert inspect.iscoroutinefunction(compute_score_async)
@@ -220,7 +220,7 @@ def test_verl_reward_loop_async_adapter(live, expected):
 
 
 def test_verl_naive_and_dapo_sync_adapter_with_a_hydra_list_of_urls(live, expected):
-    from app.integrations.verl import compute_score
+    from flip_reward.integrations.verl import compute_score
 
     class ListConfig:  # iterable, not a list: as Hydra's ListConfig
         def __init__(self, items):
@@ -235,7 +235,7 @@ def test_verl_naive_and_dapo_sync_adapter_with_a_hydra_list_of_urls(live, expect
 
 
 def test_verl_base_url_as_omegaconf_listconfig(live, expected):
-    from app.integrations.verl import compute_score
+    from flip_reward.integrations.verl import compute_score
 
     omegaconf = pytest.importorskip("omegaconf")
     real = compute_score(**{**verl_args(GROUP[0], live.url), "base_url": omegaconf.ListConfig([live.url])})
@@ -245,7 +245,7 @@ def test_verl_base_url_as_omegaconf_listconfig(live, expected):
 def test_verl_batch_manager(live, expected):
     """verl/workers/reward_manager/batch.py L70-75 calls compute_score(data_sources=, solution_strs=,
     ground_truths=, extra_infos=, **reward_kwargs); L100-110: dict scores, reward_extra_info lists."""
-    from app.integrations.verl import compute_score_batch
+    from flip_reward.integrations.verl import compute_score_batch
 
     scores = compute_score_batch(
         data_sources=np.array(["flip"] * len(GROUP), dtype=object),
@@ -276,7 +276,7 @@ def test_verl_prime_manager_loaded_by_file_path_pickles_and_gets_floats(live, ex
     """verl/utils/import_utils.py load_module: a file path is loaded under a made-up module name;
     verl/workers/reward_manager/prime.py L35-87: partial(evaluation_func, task, completion,
     reference, extra_info) runs in a ProcessPoolExecutor (pickled); float(result) or float(result[0])."""
-    spec = importlib.util.spec_from_file_location("custom_module_123", ROOT / "app/integrations/verl.py")
+    spec = importlib.util.spec_from_file_location("custom_module_123", ROOT / "flip_reward/integrations/verl.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     evaluation_func = functools.partial(_call_with_kwargs, module.compute_score, {"base_url": live.url})
@@ -312,7 +312,7 @@ def test_a_none_score_would_stop_verl():
 def test_trl_reward_function_is_picklable_and_async_as_trl_reads_it(live, expected):
     from trl.trainer.utils import get_callable_name, is_async_callable
 
-    from app.integrations.trl import flip_reward, make_reward_func
+    from flip_reward.integrations.trl import flip_reward, make_reward_func
 
     for func in (flip_reward, make_reward_func(live.url)):
         # trl/experimental/async_grpo/async_rollout_worker.py L977-986: pickle.dumps(reward_funcs) or refuse
@@ -338,7 +338,7 @@ def test_open_instruct_verifier_on_its_role_content_query(live, expected):
     """open_instruct/dataset_transformation.py L1648 builds the query "\\n".join(f"{role}: {content}");
     ground_truth_utils.py L1247-1309 apply_verifiable_reward: gathers verifier.async_call(...), then
     reward_mult * result.score * weight (a None score raises TypeError)."""
-    from app.integrations.open_instruct import FlipVerifier
+    from flip_reward.integrations.open_instruct import FlipVerifier
 
     verifier = FlipVerifier()
     verifier._urls = [live.url]
@@ -358,7 +358,7 @@ def test_open_instruct_verifier_on_its_role_content_query(live, expected):
 
 
 def test_open_instruct_system_prompt_and_earlier_turns_are_context(live):
-    from app.integrations.open_instruct import flip_item
+    from flip_reward.integrations.open_instruct import flip_item
 
     query = "system: You are terse.\nuser: Hi\nassistant: Hello!\nuser: " + INSTRUCTION
     item = flip_item(GROUP[0], "", query)

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from app import metrics, server
-from app.config import Settings
-from app.engines.vllm_local import VLLMEngine
+from flip_reward import metrics, server
+from flip_reward.config import Settings
+from flip_reward.engines.vllm_local import VLLMEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -54,7 +54,7 @@ def run(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def drain_s(shutdown_grace_s: float) -> float:
     """Seconds from SIGTERM to the exit at most: the requests' grace, uvicorn's final wait, then the
-    engine's shutdown (app/server.py, app/engines/vllm_local.py)."""
+    engine's shutdown (flip_reward/server.py, flip_reward/engines/vllm_local.py)."""
     engine_stop_s = inspect.signature(VLLMEngine.shutdown).parameters["timeout_s"].default
     return shutdown_grace_s + server._FINAL_WAIT_S + engine_stop_s
 
@@ -109,7 +109,7 @@ def test_base_image_is_pinned_to_an_exact_tag_or_digest(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dependencies_install_before_the_code_is_copied(dockerfile):
     """A code edit must not reinstall torch and vLLM: the layer that installs the dependencies sees
-    only pyproject.toml and the constraints file; app/ and README.md are copied after it."""
+    only pyproject.toml and the constraints file; flip_reward/ and README.md are copied after it."""
     steps = instructions(dockerfile)
     deps = next(i for i, (kind, a) in enumerate(steps) if kind == "RUN" and "-c constraints/" in a and "pip" in a)
     copied_before = [a for kind, a in steps[:deps] if kind == "COPY"]
@@ -148,7 +148,7 @@ def test_images_work_with_a_read_only_root(dockerfile):
 
 def test_docker_build_context_keeps_what_the_images_copy():
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "README.md", "constraints", "app"):
+    for needed in ("pyproject.toml", "README.md", "constraints", "flip_reward"):
         assert needed not in ignored
 
 
@@ -518,7 +518,7 @@ def test_paths_named_in_comments_and_docs_exist():
 
 
 def test_probe_routes_exist_in_the_app():
-    from app.main import create_app
+    from flip_reward.main import create_app
 
     paths = {route.path for route in create_app(Settings()).routes}
     assert {"/health", "/ready", "/metrics"} <= paths

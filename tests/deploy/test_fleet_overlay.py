@@ -1,6 +1,6 @@
 """The fleet overlay (deploy/k8s/overlays/fleet): fronts in remote mode plus a vLLM fleet. Rendered
 and checked against the Kubernetes schemas like the other overlays, and against what the front
-needs from the fleet (app/engines/openai_remote.py)."""
+needs from the fleet (flip_reward/engines/openai_remote.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.config import Settings
+from flip_reward.config import Settings
 from tests.deploy.test_deploy import K8S, K8S_VERSIONS, ROOT, render
 
 FLEET = K8S / "overlays" / "fleet"

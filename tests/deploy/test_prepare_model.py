@@ -20,7 +20,7 @@ MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_
 
 def prepare(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "prepare-model", *args],
+        [sys.executable, "-m", "flip_reward.cli", "prepare-model", *args],
         check=False,
         cwd=ROOT,
         env=os.environ | env,

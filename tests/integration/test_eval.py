@@ -24,7 +24,7 @@ def test_eval_cli_on_20_rows(server, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "app.cli",
+        "flip_reward.cli",
         "eval",
         str(pairs),
         str(recon),

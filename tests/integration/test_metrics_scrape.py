@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
+from flip_reward import metrics
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ import time
 import httpx
 import pytest
 
-from app.config import Settings
-from app.engines.base import EngineUnavailable, GenerationParams
-from app.evaluation.probes import probes
-from app.models import BUILTIN_LLM_NAME, resolve_embedding_model
+from flip_reward.config import Settings
+from flip_reward.engines.base import EngineUnavailable, GenerationParams
+from flip_reward.evaluation.probes import probes
+from flip_reward.models import BUILTIN_LLM_NAME, resolve_embedding_model
 from tests.integration.conftest import load_jsonl, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -148,8 +148,8 @@ def test_both_servers_share_the_load_and_show_in_info_and_metrics(fleet, remote_
 
 
 def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
-    from app.engines.fleet_checks import FleetMismatch
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.fleet_checks import FleetMismatch
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     other = resolve_embedding_model(None)  # a local model folder whose tokenizer is not SmolLM2's
     settings = Settings(
@@ -162,7 +162,7 @@ def test_front_refuses_a_fleet_serving_another_model_naming_both(fleet):
 def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fleet):
     from transformers import AutoTokenizer
 
-    from app.engines.fleet_checks import FleetMismatch, check_tokenizer
+    from flip_reward.engines.fleet_checks import FleetMismatch, check_tokenizer
 
     bert = AutoTokenizer.from_pretrained(resolve_embedding_model(None))
     bert.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
@@ -174,8 +174,8 @@ def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fle
 
 
 def test_the_fleets_api_key_is_needed_and_sent(fleet):
-    from app.engines.fleet_checks import FleetMismatch
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.fleet_checks import FleetMismatch
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     assert httpx.get(fleet.urls[0] + "/v1/models", timeout=10).status_code == 401
     with pytest.raises(FleetMismatch, match="API key"):
@@ -191,7 +191,7 @@ def _running_on(url: str, api_key: str) -> float:
 
 
 async def test_cancelled_request_is_aborted_on_the_server(fleet):
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     settings = Settings(engine="remote", remote_urls=fleet.urls[:1], remote_api_key=fleet.api_key, remote_wait_s=0)
     engine = await asyncio.to_thread(RemoteEngine.start, settings)
@@ -212,7 +212,7 @@ async def test_cancelled_request_is_aborted_on_the_server(fleet):
 
 
 async def test_structured_output_regex_reaches_the_fleet(fleet):
-    from app.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.openai_remote import RemoteEngine
 
     settings = Settings(engine="remote", remote_urls=fleet.urls[:1], remote_api_key=fleet.api_key, remote_wait_s=0)
     engine = await asyncio.to_thread(RemoteEngine.start, settings)
@@ -227,8 +227,8 @@ async def test_structured_output_regex_reaches_the_fleet(fleet):
 async def test_watchdog_fails_a_fleet_that_stops_answering(fleet):
     """Both servers stopped (SIGSTOP: the port still accepts, nothing answers): the watchdog calls
     the fleet hung and the request in flight gets EngineUnavailable long before its timeout."""
-    from app.engines.openai_remote import RemoteEngine
-    from app.engines.watchdog import watch
+    from flip_reward.engines.openai_remote import RemoteEngine
+    from flip_reward.engines.watchdog import watch
 
     settings = Settings(
         engine="remote", remote_urls=fleet.urls, remote_api_key=fleet.api_key, remote_wait_s=0, remote_timeout_s=300

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.client import FlipClient
-from app.integrations.open_instruct import FlipVerifier
-from app.integrations.trl import make_reward_func
-from app.integrations.verl import compute_score, compute_score_async, compute_score_batch
+from flip_reward.client import FlipClient
+from flip_reward.integrations.open_instruct import FlipVerifier
+from flip_reward.integrations.trl import make_reward_func
+from flip_reward.integrations.verl import compute_score, compute_score_async, compute_score_batch
 from tests.contracts.conftest import GROUP, UNSCORABLE
 from tests.integration.conftest import load_jsonl
 
@@ -34,8 +34,8 @@ def rows():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from app.config import Settings
-    from app.models import resolve_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import resolve_llm
 
     return AutoTokenizer.from_pretrained(resolve_llm(None, Settings().cache_dir))
 
@@ -90,8 +90,8 @@ def test_trl_through_grpo_trainer_reward_path(server, http, rows):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from app.config import Settings
-    from app.models import resolve_llm
+    from flip_reward.config import Settings
+    from flip_reward.models import resolve_llm
 
     config = GRPOConfig(
         output_dir=str(server.log_path.parent / "grpo"),
@@ -340,7 +340,7 @@ def flip_env(server, monkeypatch):
 
 
 def test_group_through_verifiers_reward(flip_env, group, group_instruction, group_expected):
-    from app.integrations.verifiers import reward
+    from flip_reward.integrations.verifiers import reward
     from tests.contracts.test_more_trainer_contracts import Trace, verifiers_rollout_close
 
     task = SimpleNamespace(prompt=[{"role": "user", "content": group_instruction}], system_prompt=None)
@@ -371,7 +371,7 @@ def test_group_through_nemo_gym_verify_route(http, group, group_instruction, gro
 def test_group_through_skyrl_env(flip_env, group, group_instruction, group_expected):
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.integrations.skyrl import FlipEnv
+    from flip_reward.integrations.skyrl import FlipEnv
 
     def trajectory(completion):
         env = FlipEnv(env_config={}, extras={"max_turns": 1})
@@ -387,7 +387,7 @@ def test_group_through_skyrl_env(flip_env, group, group_instruction, group_expec
 
 
 def test_group_through_areal_reward_fn(flip_env, http, tokenizer, group, group_instruction, group_expected):
-    from app.integrations.areal import reward_fn
+    from flip_reward.integrations.areal import reward_fn
 
     messages = [{"role": "user", "content": group_instruction}]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,9 +1,9 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.config import Settings
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 
 

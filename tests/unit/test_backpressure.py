@@ -9,10 +9,10 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app.batching import Admission
-from app.config import Settings
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.batching import Admission
+from flip_reward.config import Settings
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 
 ITEM = {"prompt": "Explain why the sky is blue", "response": "why the sky is blue: Rayleigh scattering"}

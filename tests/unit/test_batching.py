@@ -1,10 +1,10 @@
-"""MicroBatcher and Admission (app/batching.py): pure asyncio logic."""
+"""MicroBatcher and Admission (flip_reward/batching.py): pure asyncio logic."""
 
 import asyncio
 
 import pytest
 
-from app.batching import Admission, MicroBatcher, QueueFull, Shed
+from flip_reward.batching import Admission, MicroBatcher, QueueFull, Shed
 
 
 class Recorder:

@@ -3,10 +3,10 @@
 import asyncio
 import re
 
-from app.config import Settings
-from app.scoring.items import ScoreItem, ScoreOptions
-from app.scoring.parse import parse_direct
 from bench.experiments import build_experimental_prompt, experiment_scorer, paper_output_regex
+from flip_reward.config import Settings
+from flip_reward.scoring.items import ScoreItem, ScoreOptions
+from flip_reward.scoring.parse import parse_direct
 from tests.fakes import FakeEngine, HashEmbedder
 
 ITEM = ScoreItem("Write a short poem about the autumn rain", "Grey drops drum on tin roofs across the city")

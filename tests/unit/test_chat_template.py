@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.integrations.chat_template import (
+from flip_reward.integrations.chat_template import (
     instruction_messages,
     parse_chat,
     response_from_query,

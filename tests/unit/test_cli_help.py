@@ -1,6 +1,6 @@
 """`flip-reward <command> --help` for every command, through the installed entry point as a user (and
 the image's ENTRYPOINT, `flip-reward serve`) runs it: argparse formats every setting's description
-with %, so one stray % in app/config.py used to crash them all."""
+with %, so one stray % in flip_reward/config.py used to crash them all."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import build_parser
-from app.config import Settings
+from flip_reward.cli import build_parser
+from flip_reward.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

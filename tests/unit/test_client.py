@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.client import AsyncFlipClient, FlipClient, FlipRequestError, RetryPolicy, parse_retry_after
+from flip_reward.client import AsyncFlipClient, FlipClient, FlipRequestError, RetryPolicy, parse_retry_after
 from tests.net import ThreadServer, free_port
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)

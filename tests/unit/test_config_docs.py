@@ -1,8 +1,8 @@
 import pytest
 
-from app.config import SETTING_GROUP_CLASSES, Settings
-from app.config_docs import README, settings_markdown, with_settings
-from app.engines.vllm_local import check_block_size
+from flip_reward.config import SETTING_GROUP_CLASSES, Settings
+from flip_reward.config_docs import README, settings_markdown, with_settings
+from flip_reward.engines.vllm_local import check_block_size
 
 
 def test_the_readme_configuration_is_the_generated_one():
@@ -17,7 +17,7 @@ def test_every_setting_belongs_to_exactly_one_group():
 
 
 def test_serve_help_gives_each_setting_the_readme_description(capsys, monkeypatch):
-    from app.cli import build_parser
+    from flip_reward.cli import build_parser
 
     monkeypatch.setenv("COLUMNS", "100000")  # no wrapping: argparse breaks lines at hyphens
     with pytest.raises(SystemExit) as exited:  # argparse fails here on a lone % in a description
@@ -29,7 +29,7 @@ def test_serve_help_gives_each_setting_the_readme_description(capsys, monkeypatc
 
 
 def test_cli_flags_map_onto_settings():
-    from app.cli import _settings_from, build_parser
+    from flip_reward.cli import _settings_from, build_parser
 
     args = build_parser().parse_args(["serve", "--max-tokens", "12", "--no-copy-guard", "--method", "generate"])
     settings = _settings_from(args, set())

@@ -5,8 +5,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.embeddings.encoder import Embedder
-from app.models import resolve_embedding_model
+from flip_reward.embeddings.encoder import Embedder
+from flip_reward.models import resolve_embedding_model
 
 
 @pytest.fixture(scope="module")

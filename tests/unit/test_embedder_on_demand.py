@@ -6,10 +6,10 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.embeddings.on_demand import OnDemandEmbedder
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.config import Settings
+from flip_reward.embeddings.on_demand import OnDemandEmbedder
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 from tests.unit.conftest import _wait_ready
 

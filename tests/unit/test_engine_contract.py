@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engines.base import Engine
+from flip_reward.engines.base import Engine
 from tests.engine_contract import check_engine_contract
 from tests.fakes import FakeEngine
 

@@ -6,8 +6,8 @@ import json
 import httpx
 import pytest
 
-from app.client import AsyncFlipClient
-from app.evaluation import datasets, metrics, report, runner
+from flip_reward.client import AsyncFlipClient
+from flip_reward.evaluation import datasets, metrics, report, runner
 
 
 def test_pairwise_accuracy_counts_ties_and_missing_as_half():

@@ -1,4 +1,4 @@
-"""The SIGTERM drain (app/server.py) with real uvicorn, real signals and a real process, over a
+"""The SIGTERM drain (flip_reward/server.py) with real uvicorn, real signals and a real process, over a
 slow test-double engine: in-flight requests finish, new ones get 503, the process exits within
 the grace, and the engine is shut down last. The same with the real engine in
 tests/integration/test_remote_engine.py."""
@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = textwrap.dedent(
     """
     import asyncio, logging, sys
-    from app.config import Settings
-    from app.main import create_app
-    from app.server import serve
-    from app.service import FlipService
+    from flip_reward.config import Settings
+    from flip_reward.main import create_app
+    from flip_reward.server import serve
+    from flip_reward.service import FlipService
     from tests.fakes import FakeEngine, HashEmbedder
 
     class SlowEngine(FakeEngine):
@@ -134,7 +134,7 @@ def test_requests_still_running_after_the_grace_are_cancelled(tmp_path):
         process.wait(timeout=30)
         exited_after = time.monotonic() - signalled
         sender.join()
-        # grace, then uvicorn's short final wait (app/server.py), then the exit itself
+        # grace, then uvicorn's short final wait (flip_reward/server.py), then the exit itself
         assert exited_after < grace_s + 5
         (answer,) = answers
         assert isinstance(answer, httpx.HTTPError) or answer.status_code >= 500

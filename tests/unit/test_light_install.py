@@ -31,18 +31,24 @@ SERVER = (
 EVAL = ("scipy", "sklearn", "matplotlib", "tqdm")
 ENGINE = ("vllm",)
 LIGHT = (
-    "app",
-    "app.client",
-    "app.cli",
-    "app.integrations.chat_template",
-    "app.integrations.extra_logs",
-    "app.integrations.rewards",
-    "app.integrations.trl",
-    "app.integrations.verl",
-    "app.integrations.open_instruct",
+    "flip_reward",
+    "flip_reward.client",
+    "flip_reward.cli",
+    "flip_reward.integrations.chat_template",
+    "flip_reward.integrations.extra_logs",
+    "flip_reward.integrations.rewards",
+    "flip_reward.integrations.trl",
+    "flip_reward.integrations.verl",
+    "flip_reward.integrations.open_instruct",
 )
 # What FLIP_ENGINE=remote runs: everything but the in-process engine.
-REMOTE_FRONT = ("app.main", "app.server", "app.service", "app.engines.openai_remote", "app.embeddings.encoder")
+REMOTE_FRONT = (
+    "flip_reward.main",
+    "flip_reward.server",
+    "flip_reward.service",
+    "flip_reward.engines.openai_remote",
+    "flip_reward.embeddings.encoder",
+)
 
 
 def run_without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess:
@@ -100,23 +106,37 @@ def test_the_remote_front_imports_without_vllm():
     ],
 )
 def test_a_command_names_the_missing_install_in_one_line(blocked, argv, missing, fix):
-    out = run_without(blocked, f"from app.cli import main\nsys.exit(main({argv!r}))")
+    out = run_without(blocked, f"from flip_reward.cli import main\nsys.exit(main({argv!r}))")
     assert out.returncode == 2, out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"flip-reward: No module named '{missing}'") and f'pip install "{fix}"' in line
 
 
 def test_a_module_no_extra_brings_still_raises():
-    out = run_without(("app.evaluation",), "from app.cli import main\nmain(['eval', '--url', 'http://127.0.0.1:9'])")
-    assert out.returncode == 1 and "Traceback" in out.stderr and "No module named 'app.evaluation'" in out.stderr
+    out = run_without(
+        ("flip_reward.evaluation",), "from flip_reward.cli import main\nmain(['eval', '--url', 'http://127.0.0.1:9'])"
+    )
+    assert (
+        out.returncode == 1 and "Traceback" in out.stderr and "No module named 'flip_reward.evaluation'" in out.stderr
+    )
 
 
 def test_the_version_is_the_package_metadata():
     from importlib.metadata import version
 
-    import app
-    from app.config import Settings
-    from app.main import create_app
+    import flip_reward
+    from flip_reward.config import Settings
+    from flip_reward.main import create_app
 
-    assert app.__version__ == version("flip-reward")
-    assert create_app(Settings()).version == app.__version__
+    assert flip_reward.__version__ == version("flip-reward")
+    assert create_app(Settings()).version == flip_reward.__version__
+
+
+def test_the_client_imports_from_the_package_name():
+    import flip_reward
+    from flip_reward import AsyncFlipClient, FlipClient, FlipRequestError
+    from flip_reward.client import FlipClient as Defined
+
+    assert FlipClient is Defined and AsyncFlipClient.__module__ == FlipRequestError.__module__ == "flip_reward.client"
+    with pytest.raises(AttributeError):
+        flip_reward.NoSuchThing  # noqa: B018

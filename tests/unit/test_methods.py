@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from app.scoring.parse import parse_judge_score
+from flip_reward.scoring.parse import parse_judge_score
 
 INSTRUCTION = "Write a short poem about the autumn rain in the city"
 
@@ -51,7 +51,7 @@ def test_restating_the_instruction_earns_nothing_under_the_guard(client):
 
 
 def test_distractors_are_scored_after_the_same_response_from_the_prefix_cache(client, fake_engine):
-    from app.scoring.prompts import DISTRACTOR_INSTRUCTIONS
+    from flip_reward.scoring.prompts import DISTRACTOR_INSTRUCTIONS
 
     response = "Grey drops drum on tin roofs across the city"
     first = len(fake_engine.calls)
@@ -93,8 +93,8 @@ def test_copied_passages_do_not_count_but_the_rest_of_the_response_does(client):
 def test_without_the_guard_the_copying_model_prefers_the_restatement(settings, fake_engine):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.service import FlipService
+    from flip_reward.main import create_app
+    from flip_reward.service import FlipService
     from tests.fakes import HashEmbedder
     from tests.unit.conftest import _wait_ready
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from app import metrics
-from app.api import errors, results
+from flip_reward import metrics
+from flip_reward.api import errors, results
 
-API = Path(__file__).resolve().parents[2] / "app" / "api"
+API = Path(__file__).resolve().parents[2] / "flip_reward" / "api"
 
 
 def _sample(name: str, **labels: str) -> float | None:
@@ -51,7 +51,7 @@ def test_guard_labels_are_the_guards_the_service_records():
 
 
 def test_trainer_statuses_are_pre_created():
-    """A trainer route answers an item error with the code as its error type (app/api/results.py)."""
+    """A trainer route answers an item error with the code as its error type (flip_reward/api/results.py)."""
     statuses = {str(errors.STATUS[code]) for code in metrics.ITEM_ERROR_CODES}
     assert statuses <= set(metrics.SCORING_STATUSES)
 

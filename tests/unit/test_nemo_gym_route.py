@@ -4,10 +4,10 @@ reading the Responses request and object, the reply's shape, and the serving pat
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.nemo_gym import gym_messages, gym_response_text
-from app.config import Settings
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.api.nemo_gym import gym_messages, gym_response_text
+from flip_reward.config import Settings
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 from tests.unit.conftest import _wait_ready
 

@@ -1,6 +1,6 @@
 import pytest
 
-from app.scoring.parse import parse_direct, parse_instruction, strip_think
+from flip_reward.scoring.parse import parse_direct, parse_instruction, strip_think
 
 # (model output, expected instruction, parsed?)
 MESSY_OUTPUTS = [

@@ -1,4 +1,4 @@
-"""app/engines/prompt_logprobs.py and the engines that use it: vLLM's prompt log-probabilities read
+"""flip_reward/engines/prompt_logprobs.py and the engines that use it: vLLM's prompt log-probabilities read
 in every shape its model runners produce (tests/vllm_shapes.py builds them with vLLM's own classes,
 citing the runner code each shape mirrors). The H200 failure (issue 20) was the V2 runner's
 end-aligned list read as if it were the V1 runner's full-length one."""
@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from app.config import Settings
-from app.engines.openai_remote import read_logprobs
-from app.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, layout, local_logprob
-from app.engines.vllm_local import read_prompt_logprobs
-from app.scoring.items import ScoreItem, ScoreOptions
-from app.scoring.scorer import Scorer
+from flip_reward.config import Settings
+from flip_reward.engines.openai_remote import read_logprobs
+from flip_reward.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, layout, local_logprob
+from flip_reward.engines.vllm_local import read_prompt_logprobs
+from flip_reward.scoring.items import ScoreItem, ScoreOptions
+from flip_reward.scoring.scorer import Scorer
 from tests.fakes import HashEmbedder, WordTokenizer
 from tests.vllm_shapes import (
     RUNNERS,

@@ -1,4 +1,4 @@
-from app.scoring.prompts import PROMPT_VERSION, build_reconstruction_prompt
+from flip_reward.scoring.prompts import PROMPT_VERSION, build_reconstruction_prompt
 
 
 def test_paper_prompt_asks_for_both_json_keys():

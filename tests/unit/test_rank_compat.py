@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.api.rank import rank_order
+from flip_reward.api.rank import rank_order
 
 CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 

@@ -13,12 +13,12 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.auth import key_matches, load_api_keys
-from app.config import Settings
-from app.engines.watchdog import diagnose, watch
-from app.logs import log_config, request_id_var
-from app.main import create_app
-from app.service import FlipService
+from flip_reward.api.auth import key_matches, load_api_keys
+from flip_reward.config import Settings
+from flip_reward.engines.watchdog import diagnose, watch
+from flip_reward.logs import log_config, request_id_var
+from flip_reward.main import create_app
+from flip_reward.service import FlipService
 from tests.fakes import FakeEngine, HashEmbedder
 from tests.unit.conftest import _wait_ready
 
@@ -224,7 +224,7 @@ def test_a_broken_body_gets_its_status_and_the_one_shape(client, name, path, bod
     response = client.post(path, content=body, headers=headers)
     error = _assert_error_shape(response, status, type_)
     assert error["message"] and error["request_id"] == f"bad-{name}"
-    assert "Traceback" not in response.text and "/app/" not in response.text and ".py" not in response.text
+    assert "Traceback" not in response.text and "/flip_reward/" not in response.text and ".py" not in response.text
 
 
 def test_every_error_has_the_one_shape_and_no_internals(client):
@@ -306,7 +306,7 @@ def test_json_logs_carry_the_request_id(tmp_path):
     logging.config.dictConfig(config)
     try:
         token = request_id_var.set("req-42")
-        logging.getLogger("app.test").info("scored %d items", 3)
+        logging.getLogger("flip_reward.test").info("scored %d items", 3)
         request_id_var.reset(token)
         line = json.loads(stream.getvalue().strip().splitlines()[-1])
         assert line["message"] == "scored 3 items" and line["request_id"] == "req-42" and line["level"] == "INFO"

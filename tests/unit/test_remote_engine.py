@@ -13,14 +13,14 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app.config import Settings
-from app.engines import openai_remote
-from app.engines.base import EngineUnavailable, GenerationParams
-from app.engines.fleet import prefix_block_hashes
-from app.engines.fleet_checks import FleetMismatch, check_tokenizer, choose_model, discover_models
-from app.engines.openai_remote import RemoteEngine, RemoteRequestError
-from app.engines.prompt_logprobs import UnreadablePromptLogprobs
-from app.engines.watchdog import watch
+from flip_reward.config import Settings
+from flip_reward.engines import openai_remote
+from flip_reward.engines.base import EngineUnavailable, GenerationParams
+from flip_reward.engines.fleet import prefix_block_hashes
+from flip_reward.engines.fleet_checks import FleetMismatch, check_tokenizer, choose_model, discover_models
+from flip_reward.engines.openai_remote import RemoteEngine, RemoteRequestError
+from flip_reward.engines.prompt_logprobs import UnreadablePromptLogprobs
+from flip_reward.engines.watchdog import watch
 from tests.fakes import WordTokenizer
 
 
@@ -436,7 +436,7 @@ async def test_a_headless_service_is_one_server_per_pod_and_follows_scaling():
 
 
 async def test_resolve_addresses_of_a_name_and_of_an_ip_literal():
-    from app.engines.fleet import resolve_addresses
+    from flip_reward.engines.fleet import resolve_addresses
 
     assert await resolve_addresses("http://127.0.0.1:8001") == ["http://127.0.0.1:8001"]
     assert await resolve_addresses("http://localhost:8001/v") in (
@@ -461,8 +461,8 @@ def fleet_of_mocks(request: httpx.Request) -> httpx.Response:
 def test_info_and_watchdog_work_in_remote_mode(tmp_path):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.service import FlipService
+    from flip_reward.main import create_app
+    from flip_reward.service import FlipService
     from tests.fakes import HashEmbedder
     from tests.unit.conftest import _wait_ready
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from app.scoring.similarity import hybrid, normalise_words, paired_cosine_01, word_f1
+from flip_reward.scoring.similarity import hybrid, normalise_words, paired_cosine_01, word_f1
 
 
 def test_normalise_drops_case_punctuation_and_articles():

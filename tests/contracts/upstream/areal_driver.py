@@ -18,7 +18,7 @@ sys.modules["areal"] = areal
 
 from areal.api.reward_api import AsyncRewardWrapper  # noqa: E402
 
-from app.integrations.areal import reward_fn  # noqa: E402
+from flip_reward.integrations.areal import reward_fn  # noqa: E402
 
 
 async def main() -> None:

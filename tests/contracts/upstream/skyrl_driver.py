@@ -10,7 +10,7 @@ import skyrl_gym
 from skyrl_gym.envs import register
 from skyrl_gym.envs.base_text_env import BaseTextEnv
 
-register(id="flip", entry_point="app.integrations.skyrl:FlipEnv")
+register(id="flip", entry_point="flip_reward.integrations.skyrl:FlipEnv")
 
 
 def trajectory(messages: list, output: str) -> dict:

@@ -33,7 +33,7 @@ async def score(task: vf.Task, text: str) -> dict:
 
 async def main() -> None:
     given = json.load(sys.stdin)
-    config = vf.TaskConfig(rewards={"flip": {"fn": "app.integrations.verifiers:reward", "weight": 1.0}})
+    config = vf.TaskConfig(rewards={"flip": {"fn": "flip_reward.integrations.verifiers:reward", "weight": 1.0}})
     data = vf.TaskData(idx=0, prompt=[UserMessage(content=given["instruction"])], system_prompt=given["system"])
     task = FlipTask(data, config)
     print(json.dumps(await asyncio.gather(*(score(task, r) for r in given["responses"]))))

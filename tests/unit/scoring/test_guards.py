@@ -1,6 +1,6 @@
-"""app/scoring/guards.py: the copy guard and the keyword-stuffing test, on text alone."""
+"""flip_reward/scoring/guards.py: the copy guard and the keyword-stuffing test, on text alone."""
 
-from app.scoring.guards import (
+from flip_reward.scoring.guards import (
     STOP_WORDS,
     copied_spans,
     instruction_word_share,

@@ -1,4 +1,4 @@
-"""app/scoring/methods/likelihood.py: the pure prepare (a tokenizer, no engine), both ways of
+"""flip_reward/scoring/methods/likelihood.py: the pure prepare (a tokenizer, no engine), both ways of
 scoring (one request per instruction; a prefill without logprobs, then the instructions from the
 prefix cache) and the reward arithmetic. The engine is a test double (tests/fakes.py)."""
 
@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from app.config import Settings
-from app.scoring.fitting import PromptFitter
-from app.scoring.items import ScoreItem, ScoreOptions
-from app.scoring.methods.likelihood import Likelihood, likelihood_reward
-from app.scoring.scorer import Scorer
+from flip_reward.config import Settings
+from flip_reward.scoring.fitting import PromptFitter
+from flip_reward.scoring.items import ScoreItem, ScoreOptions
+from flip_reward.scoring.methods.likelihood import Likelihood, likelihood_reward
+from flip_reward.scoring.scorer import Scorer
 from tests.fakes import FakeEngine, HashEmbedder, WordTokenizer
 
 INSTRUCTION = "Write a short poem about the autumn rain in the city"
