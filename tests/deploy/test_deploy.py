@@ -116,7 +116,7 @@ def test_dependencies_install_before_the_code_is_copied(dockerfile):
     assert copied_before and all(re.match(r"(pyproject\.toml|constraints/\S+) ", a) for a in copied_before), (
         copied_before
     )
-    code = next(i for i, (kind, a) in enumerate(steps) if kind == "COPY" and a.startswith("app "))
+    code = next(i for i, (kind, a) in enumerate(steps) if kind == "COPY" and a.startswith("flip_reward "))
     assert code > deps
     heavy = [
         i

@@ -181,3 +181,11 @@ def fleet(tmp_path_factory) -> Fleet:
     finally:
         for server in servers:
             stop_vllm_serve(server)
+
+
+def served_500(metrics_text: str) -> list[str]:
+    """The flip_requests_total series that counted a 500. Every series exists from start-up at 0
+    (flip_reward/metrics.py), so "no 500" means each status="500" count is still 0."""
+    counts = [line for line in metrics_text.splitlines() if line.startswith("flip_requests_total{")]
+    assert counts, "no flip_requests_total series on /metrics"
+    return [line for line in counts if 'status="500"' in line and float(line.split()[-1]) != 0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import load_jsonl
+from tests.integration.conftest import load_jsonl, served_500
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +94,4 @@ def test_transport_level_garbage_is_refused(server):
 def test_server_is_still_fine_after_the_abuse(http):  # last: after every test above
     assert http.get("/ready").status_code == 200
     assert http.post("/reward", json=_item()).json()["reward"] is not None
-    metrics = http.get("/metrics").text
-    # every series is declared from the start (at 0): no 500 means each status="500" count is still 0
-    counts = [line for line in metrics.splitlines() if line.startswith("flip_requests_total{")]
-    served_500 = [line for line in counts if 'status="500"' in line and float(line.split()[-1]) != 0]
-    assert counts and not served_500, served_500
+    assert not served_500(http.get("/metrics").text)
