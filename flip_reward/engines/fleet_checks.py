@@ -125,14 +125,20 @@ def check_tokenizer(http: httpx.Client, url: str, model: str, tokenizer: Any, fr
         )
 
 
+def prompt_logprobs_payload(model: str, ids: list[int], read_cache: bool | None) -> dict[str, Any]:
+    """An /inference/v1/generate body for prompt logprobs: one throw-away token, the actual token's
+    logprob at every computed position, not detokenized. `read_cache`: whether the prefix cache may
+    serve the prompt's head (None: the server's default, which skips it for prompt logprobs)."""
+    sampling: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False}
+    if read_cache is not None:
+        sampling["skip_reading_prefix_cache"] = not read_cache
+    return {"model": model, "token_ids": ids, "sampling_params": sampling}
+
+
 def offers_cache_reads(http: httpx.Client, url: str, model: str, tokenizer: Any) -> bool:
     """Whether the server has vLLM's /inference/v1/generate and reports cached tokens there."""
     ids = tokenizer.encode("probe", add_special_tokens=False) or [0]
-    payload = {
-        "model": model,
-        "token_ids": ids,
-        "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False},
-    }
+    payload = prompt_logprobs_payload(model, ids, read_cache=None)
     try:
         response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
     except httpx.HTTPError:
@@ -162,17 +168,7 @@ def probe_runtime(http: httpx.Client, url: str, model: str, tokenizer: Any) -> d
     except (httpx.HTTPError, ValueError, AttributeError):
         pass
     ids = tokenizer.encode(_RUNNER_PROBE, add_special_tokens=False)
-    payload = {
-        "model": model,
-        "token_ids": ids,
-        "sampling_params": {
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "prompt_logprobs": 0,
-            "detokenize": False,
-            "skip_reading_prefix_cache": False,
-        },
-    }
+    payload = prompt_logprobs_payload(model, ids, read_cache=True)
     for _ in range(4):  # the first fills the cache; a reply whose garbage vLLM cannot serialize is skipped
         try:
             response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)

@@ -36,7 +36,13 @@ from flip_reward import metrics
 from flip_reward.config import Settings
 from flip_reward.engines.base import Engine, EngineUnavailable, Generation, GenerationParams, prefix_cache_stats
 from flip_reward.engines.fleet import Backend, Connections, choose_backend, prefix_block_hashes, resolve_addresses
-from flip_reward.engines.fleet_checks import GENERATE_PATH, PromptLogprobsEndpoint, check_fleet, probe_runtime
+from flip_reward.engines.fleet_checks import (
+    GENERATE_PATH,
+    PromptLogprobsEndpoint,
+    check_fleet,
+    probe_runtime,
+    prompt_logprobs_payload,
+)
 from flip_reward.engines.prompt_logprobs import UnreadablePromptLogprobs, align_prompt_logprobs, remote_logprob
 
 log = logging.getLogger(__name__)
@@ -342,18 +348,7 @@ class RemoteEngine(Engine):
 
     async def _generate_prompt_logprobs(self, ids: list[int], read_cache: bool) -> tuple[Any, int]:
         """The reply's prompt_logprobs list, as sent, and the cached-token count."""
-        payload = {
-            "model": self.model_name,
-            "token_ids": ids,
-            "sampling_params": {
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "prompt_logprobs": 0,
-                "detokenize": False,
-                "skip_reading_prefix_cache": not read_cache,
-            },
-        }
-        body = await self._post(GENERATE_PATH, payload, ids)
+        body = await self._post(GENERATE_PATH, prompt_logprobs_payload(self.model_name, ids, read_cache), ids)
         cached = self._count_usage(body)
         if cached is None:
             raise RemoteRequestError(
