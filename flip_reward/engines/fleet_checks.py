@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import httpx
 
+from flip_reward.engines.prompt_logprobs import layout
+
 log = logging.getLogger(__name__)
 
 GENERATE_PATH = "/inference/v1/generate"
@@ -160,8 +162,6 @@ def probe_runtime(http: httpx.Client, url: str, model: str, tokenizer: Any) -> d
     (its unwritten rows may even hold NaN, which vLLM refuses to serialize: a 400, skipped), the V2
     runner only the positions it computed (flip_reward/engines/prompt_logprobs.py). Unknown stays None
     (a Service spreading the probes over pods, no prefix cache): the engine reads either layout."""
-    from flip_reward.engines.prompt_logprobs import layout
-
     info: dict[str, Any] = {"vllm_version": None, "model_runner": None}
     try:
         info["vllm_version"] = http.get(url.rstrip("/") + "/version").json().get("version")
