@@ -2,8 +2,8 @@
 runs, the scoring task is cancelled, which aborts its requests in the vLLM engine.
 
 Same pattern as vLLM's own entrypoints (`with_cancellation`): the request body has already been
-read, so the only message left to receive is `http.disconnect`; wait for it next to the work and
-cancel whichever is still running when the other ends.
+read, so the only message left to receive is `http.disconnect`; wait for it beside the work and
+cancel the work when it comes.
 """
 
 from __future__ import annotations
@@ -32,20 +32,29 @@ async def _disconnected(request: Request) -> None:
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """The result of `work`; if the client disconnects first, `work` is cancelled (and awaited,
-    so its engine requests are aborted before this returns) and ClientDisconnected is raised."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    so its engine requests are aborted before this returns) and ClientDisconnected is raised.
+
+    `work` runs in the caller's task and one watcher task cancels that task on a disconnect, the
+    way asyncio.timeout does; a second task for the work and asyncio.wait cost a single request
+    more than the rest of this module (bench/front_ceiling.py's profile)."""
+    task = asyncio.current_task()
+    assert task is not None
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        await _disconnected(request)
+        disconnected = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        # Ours only when the watcher cancelled and nobody else did too (uncancel counts them).
+        if disconnected and task.uncancel() == 0:
+            metrics.ABORTS.inc()
+            raise ClientDisconnected("the client disconnected") from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-    if task.cancelled():
-        metrics.ABORTS.inc()
-        raise ClientDisconnected("the client disconnected")
-    return task.result()

@@ -1,0 +1,75 @@
+"""flip_reward/api/disconnect.py: the work runs in the caller's task and a watcher cancels it when the
+client goes; any other cancellation (a deadline, a shutdown) stays what it is."""
+
+import asyncio
+
+import pytest
+
+from flip_reward import metrics
+from flip_reward.api.disconnect import ClientDisconnected, cancel_on_disconnect
+
+
+class FakeRequest:
+    """Only receive(): the next ASGI message, http.disconnect once `gone` is set."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+def test_the_result_comes_back_and_the_watcher_ends():
+    async def run():
+        request = FakeRequest()
+        result = await cancel_on_disconnect(request, asyncio.sleep(0, "done"))
+        await asyncio.sleep(0)
+        watchers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return result, watchers
+
+    result, watchers = asyncio.run(run())
+    assert result == "done" and watchers == []
+
+
+def test_a_disconnect_cancels_the_work_and_waits_for_it():
+    cleaned = []
+
+    async def work():
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0)  # its engine requests are aborted before the caller goes on
+            cleaned.append(True)
+
+    async def run():
+        request = FakeRequest()
+        asyncio.get_running_loop().call_later(0.01, request.gone.set)
+        await cancel_on_disconnect(request, work())
+
+    before = metrics.ABORTS._value.get()
+    with pytest.raises(ClientDisconnected):
+        asyncio.run(run())
+    assert cleaned == [True] and metrics.ABORTS._value.get() == before + 1
+
+
+def test_a_deadline_is_not_taken_for_a_disconnect():
+    async def run():
+        async with asyncio.timeout(0.01):
+            await cancel_on_disconnect(FakeRequest(), asyncio.sleep(60))
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(run())
+
+
+def test_a_disconnect_after_an_outside_cancel_stays_a_cancel():
+    async def run():
+        request = FakeRequest()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, task.cancel)  # e.g. the server shutting down
+        loop.call_later(0.01, request.gone.set)
+        await cancel_on_disconnect(request, asyncio.sleep(60))
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run())
