@@ -22,6 +22,7 @@ from flip_reward import __version__, metrics
 from flip_reward.api import compat, health, nemo_gym, rank, reward
 from flip_reward.api.auth import ApiKeyMiddleware, document_bearer_auth, load_api_keys, open_paths
 from flip_reward.api.errors import install_error_handlers, send_error
+from flip_reward.api.json_route import FastLane
 from flip_reward.api.limits import BodyLimitMiddleware
 from flip_reward.config import Settings
 from flip_reward.logs import request_id_var
@@ -122,7 +123,9 @@ def create_app(
     )
     app.state.service = service
     app.state.settings = settings
-    # Outermost last: request ids first, then the key check, then the body limits, then the routes.
+    # Outermost last: request ids first, then the key check, then the body limits, then the fast
+    # lane to the scoring routes, then the routes.
+    app.add_middleware(FastLane, fastapi_app=app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

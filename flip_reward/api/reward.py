@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from flip_reward.api.json_route import JsonBodyRoute
 from flip_reward.api.results import to_result
 from flip_reward.api.schemas import (
     BatchRewardRequest,
@@ -24,7 +25,7 @@ from flip_reward.scoring.prompts import PROMPT_VERSION
 
 __all__ = ["ERROR_RESPONSES", "json_response", "ready_service", "router"]
 
-router = APIRouter(tags=["reward"])
+router = APIRouter(tags=["reward"], route_class=JsonBodyRoute)
 
 
 def json_response(model: BaseModel) -> Response:
@@ -39,8 +40,10 @@ async def reward(body: RewardRequest, request: Request) -> Response:
     """Score one response against its instruction."""
     service, (result,) = await score_items(request, ScoringRequest([body], body, route="/reward", field="body"))
     return json_response(
-        RewardResponse(
-            **to_result(result, body.details).model_dump(),
+        to_result(
+            result,
+            body.details,
+            RewardResponse,
             model=service.model_name,
             similarity=body.similarity or service.settings.similarity,
             prompt_version=PROMPT_VERSION,
