@@ -64,6 +64,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # Above info the access line is never written; off, uvicorn does not format its arguments.
+        access_log=settings.log_level in ("debug", "info"),
         timeout_graceful_shutdown=_FINAL_WAIT_S,
         log_config=log_config(settings.log_level, settings.log_format),
     )

@@ -7,6 +7,7 @@ comes from the one table in flip_reward/api/errors.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from flip_reward import metrics
 from flip_reward.api.errors import ApiError
@@ -25,8 +26,13 @@ def guard_of(result: ItemResult) -> str:
     return "none"
 
 
-def to_result(result: ItemResult, details: bool) -> RewardResult:
-    return RewardResult(
+def to_result(
+    result: ItemResult, details: bool, as_type: type[RewardResult] = RewardResult, **extra: Any
+) -> RewardResult:
+    """The item's result object; `as_type` a subclass with `extra` fields (/reward's RewardResponse),
+    built in one pass."""
+    return as_type(
+        **extra,
         id=result.id,
         method=result.method,
         reward=result.reward,
@@ -48,14 +54,16 @@ def to_result(result: ItemResult, details: bool) -> RewardResult:
 
 def record_results(results: Sequence[ItemResult], method: str, route: str) -> None:
     """The reward-hacking monitor: reward and copied-fraction distributions and guard triggers."""
+    rewards = metrics.REWARDS.labels(method=method, route=route)  # looked up once per request
+    copied = metrics.COPIED_FRACTION.labels(method=method, route=route)
     for result in results:
         if result.error:
             metrics.ITEM_ERRORS.labels(code=result.code or "engine_error", method=method, route=route).inc()
             continue
         if result.reward is not None:
-            metrics.REWARDS.labels(method=method, route=route).observe(result.reward)
+            rewards.observe(result.reward)
         if result.copied_fraction is not None:
-            metrics.COPIED_FRACTION.labels(method=method, route=route).observe(result.copied_fraction)
+            copied.observe(result.copied_fraction)
         if result.unscorable is not None:
             metrics.UNSCORABLE.labels(reason=result.unscorable, method=method, route=route).inc()
         if result.copied_fraction:  # passages were deleted, whatever came of the rest
