@@ -42,6 +42,15 @@ class PromptFitter:
         self.max_model_len = max_model_len
         self.strip_think = strip_think
 
+    def encode(self, text: str) -> list[int]:
+        """`text`'s token ids, no special tokens. A fast HF tokenizer's own `encode` goes through its
+        batch path (a thread pool handoff) and cost a short instruction as much as a whole prompt;
+        its Rust backend gives the same ids directly (tests/unit/scoring/test_fitting.py)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=False).ids
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
     def render(self, prompt: Prompt) -> list[int]:
         return self.render_with_offsets(prompt)[0]
 
@@ -84,7 +93,7 @@ class PromptFitter:
             if context:
                 context.pop(0)
                 continue
-            response_ids = self.tokenizer.encode(response, add_special_tokens=False)
+            response_ids = self.encode(response)
             keep = len(response_ids) - (len(ids) - budget) - _FIT_MARGIN
             if keep <= 0:
                 return Fitted(

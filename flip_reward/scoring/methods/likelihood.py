@@ -163,7 +163,7 @@ class Likelihood:
         )
 
     def _instruction_ids(self, instruction: str) -> list[int]:
-        ids = self.fitter.tokenizer.encode(instruction.strip(), add_special_tokens=False)
+        ids = self.fitter.encode(instruction.strip())
         return ids[: self.settings.max_instruction_tokens]
 
     # The same for every item: tokenized once.
