@@ -310,7 +310,7 @@ def run_profile(
         # samples that hold the GIL: one front is one core of Python, so that is what bounds it.
         spies = [
             subprocess.Popen(
-                [str(spy), "record", "--pid", str(front.process.pid), "--rate", "200"]
+                [str(spy), "record", "--pid", str(front.process.pid), "--rate", "500"]
                 + ["--gil", "--format", fmt, "--output", str(path)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
