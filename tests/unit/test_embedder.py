@@ -54,3 +54,24 @@ async def test_cache_is_bounded_lru(model_path):
     await embedder.aencode(["b"], cached=True)
     assert embedder.cache_info()["misses"] == misses + 1
     await embedder.close()
+
+
+def test_length_buckets_keep_each_pass_within_the_ratio():
+    from flip_reward.embeddings.encoder import _length_buckets
+
+    lengths = [3, 10, 16, 30, 33, 64, 65, 200, 390, 401]
+    buckets = _length_buckets(lengths, 2.0)
+    assert [i for b in buckets for i in b] == list(range(len(lengths)))  # every text, once, in order
+    for b in buckets:
+        assert lengths[b[-1]] <= 2.0 * max(lengths[b[0]], 16)
+    assert [list(b) for b in buckets] == [[0, 1, 2, 3], [4, 5, 6], [7, 8], [9]]
+    assert _length_buckets([], 2.0) == []
+
+
+def test_bucketed_encoding_keeps_the_order_and_the_vectors(model_path):
+    embedder = Embedder(model_path, cache_size=0)
+    texts = ["Hi.", "Write a sonnet about the sea and the sailors who never came home. " * 6, "Sum 2 and 2.", "x" * 40]
+    bucketed = embedder.encode(texts)
+    embedder.LENGTH_RATIO = float("inf")  # one pass, padded by count only
+    assert np.allclose(bucketed, embedder.encode(texts), atol=1e-5)
+    assert np.allclose(bucketed, np.stack([embedder.encode([t])[0] for t in texts]), atol=1e-5)
