@@ -323,3 +323,12 @@ def test_bodies_are_logged_only_when_asked(tmp_path, caplog):
             caplog.clear()
             assert client.post("/reward", json=marker).status_code == 200
             assert ("marker-7731" in caplog.text) is log_bodies
+
+
+def test_loaded_models_are_frozen_out_of_the_collector_and_young_collections_are_rarer(client):
+    import gc
+
+    from flip_reward.service import YOUNG_COLLECTION_EVERY
+
+    assert gc.get_freeze_count() > 0  # the models' objects, left out of every collection
+    assert gc.get_threshold()[0] == YOUNG_COLLECTION_EVERY
