@@ -52,24 +52,33 @@ class PromptFitter:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def render(self, prompt: Prompt) -> list[int]:
-        return self.render_with_offsets(prompt)[0]
+        return self.render_with_offsets(prompt, offsets=False)[0]
 
-    def render_with_offsets(self, prompt: Prompt) -> tuple[list[int], str, list[tuple[int, int]]]:
+    def render_with_offsets(self, prompt: Prompt, offsets: bool = True) -> tuple[list[int], str, list[tuple[int, int]]]:
+        """Ids, text and each token's character span (offsets=False: no spans, a Python tuple per
+        token the caller would not read)."""
         text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
         text += prompt.answer_prefix
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:  # a fast HF tokenizer: the same ids and spans, without the wrapper's conversions
             encoding = backend.encode(text, add_special_tokens=False)
-            return encoding.ids, text, encoding.offsets
+            return encoding.ids, text, encoding.offsets if offsets else []
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoded["input_ids"]), text, [tuple(o) for o in encoded["offset_mapping"]]
 
     def clean(self, response: str) -> str:
         return strip_think(response) if self.strip_think else response.strip()
 
-    def fit(self, build: Callable[[str, list[dict[str, str]]], Prompt], item: ScoreItem, budget: int) -> Fitted:
+    def fit(
+        self,
+        build: Callable[[str, list[dict[str, str]]], Prompt],
+        item: ScoreItem,
+        budget: int,
+        offsets: bool = False,
+    ) -> Fitted:
         """Render build(response, context) within `budget` tokens: drop the oldest context turns
-        first, then cut the tail of the response (its opening says most about what was asked)."""
+        first, then cut the tail of the response (its opening says most about what was asked).
+        offsets=True: with each token's character span (Fitted.offsets)."""
         response = self.clean(item.response)
         if not response:
             return Fitted(error="response is empty after removing <think> blocks", code="no_output")
@@ -77,7 +86,7 @@ class PromptFitter:
         truncated = False
         while True:
             prompt = build(response, context)
-            ids, text, offsets = self.render_with_offsets(prompt)
+            ids, text, spans = self.render_with_offsets(prompt, offsets)
             if len(ids) <= budget:
                 return Fitted(
                     ids,
@@ -87,7 +96,7 @@ class PromptFitter:
                     truncated,
                     stop=prompt.stop,
                     text=text,
-                    offsets=offsets,
+                    offsets=spans,
                 )
             truncated = True
             if context:

@@ -149,7 +149,7 @@ class Likelihood:
         distractor_ids = self._distractor_ids[:k]
         longest = max([len(instruction_ids)] + [len(d) for d in distractor_ids])
         budget = self.fitter.max_model_len - longest - 1
-        fitted = self.fitter.fit(build_likelihood_prompt, item, budget)
+        fitted = self.fitter.fit(build_likelihood_prompt, item, budget, offsets=True)
         head = (
             self.fitter.render(build_likelihood_prompt(NO_RESPONSE, fitted.context))
             if fitted.context
@@ -158,8 +158,12 @@ class Likelihood:
         if fitted.error is not None:
             return LikelihoodInputs(fitted, instruction_ids, head + instruction_ids, (0, 0), distractor_ids, head)
         needs_fluency = options.copy_guard and guards.is_stuffing_candidate(item.instruction, fitted.response)
+        span = response_span(fitted)
+        # Read once for the span: a tuple per token that would otherwise stay alive (and be walked by
+        # every young garbage collection) for as long as the item waits on the engine.
+        fitted.offsets = []
         return LikelihoodInputs(
-            fitted, instruction_ids, head + instruction_ids, response_span(fitted), distractor_ids, head, needs_fluency
+            fitted, instruction_ids, head + instruction_ids, span, distractor_ids, head, needs_fluency
         )
 
     def _instruction_ids(self, instruction: str) -> list[int]:
