@@ -141,7 +141,7 @@ def _check(body: dict, n: int) -> None:
         raise RuntimeError(f"an item came back without a reward: {body}")
 
 
-async def _callers(urls: list[str], work: list, count: int, send) -> float:
+async def callers(urls: list[str], work: list, count: int, send) -> float:
     """Seconds for `count` callers (one connection each, spread over the fronts) to empty `work`."""
     connections = [Connection(urls[k % len(urls)]) for k in range(count)]
 
@@ -164,7 +164,7 @@ async def singles(urls: list[str], items: list[dict], concurrency: int, method: 
     async def send(connection: Connection, item: dict) -> None:
         _check(await connection.post("/reward", {**item, "method": method}), 1)
 
-    return await _callers(urls, list(reversed(items)), concurrency, send)
+    return await callers(urls, list(reversed(items)), concurrency, send)
 
 
 async def batches(urls: list[str], items: list[dict], size: int, method: str) -> float:
@@ -174,7 +174,7 @@ async def batches(urls: list[str], items: list[dict], size: int, method: str) ->
         _check(await connection.post("/batch_reward", {"items": chunk, "method": method}), len(chunk))
 
     chunks = [items[k : k + size] for k in range(0, len(items), size)]
-    return await _callers(urls, chunks[::-1], len(urls), send)
+    return await callers(urls, chunks[::-1], len(urls), send)
 
 
 def measure(fronts: list[Front], phase, *args) -> dict:

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench.front_ceiling import RESULTS, Connection, Front, write_json  # noqa: E402
+from bench.front_ceiling import RESULTS, Connection, Front, callers, write_json  # noqa: E402
 from bench.throughput import load_pairs, take  # noqa: E402
 
 EMPTY = {"prompt": "Say hi", "response": ""}
@@ -92,28 +92,19 @@ class MinimalServer(Front):
         raise RuntimeError("the server did not start")
 
 
-async def _post_many(url: str, path: str, body: dict, requests: int, concurrency: int) -> float:
-    connections = [Connection(url) for _ in range(concurrency)]
-    left = [requests]
+def _post_many(url: str, path: str, body: dict, requests: int, concurrency: int) -> float:
+    """Seconds for `concurrency` callers to post `body` `requests` times (front_ceiling's callers)."""
 
-    async def caller(connection: Connection) -> None:
-        while left[0] > 0:
-            left[0] -= 1
-            await connection.post(path, body)
+    async def send(connection: Connection, one: dict) -> None:
+        await connection.post(path, one)
 
-    try:
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(c) for c in connections))
-        return time.perf_counter() - started
-    finally:
-        for c in connections:
-            await c.close()
+    return asyncio.run(callers([url], [body] * requests, concurrency, send))
 
 
 def http_floor(server, path: str, body: dict, requests: int, per_request: int = 1) -> dict:
-    asyncio.run(_post_many(server.url, path, body, max(200, requests // 20), 64))  # warm-up
+    _post_many(server.url, path, body, max(200, requests // 20), 64)  # warm-up
     cpu = server.cpu_s()
-    seconds = asyncio.run(_post_many(server.url, path, body, requests, 64 if per_request == 1 else 1))
+    seconds = _post_many(server.url, path, body, requests, 64 if per_request == 1 else 1)
     units = requests * per_request
     return {"units": units, "seconds": seconds, "front_cpu_ms_per_unit": (server.cpu_s() - cpu) / units * 1e3}
 

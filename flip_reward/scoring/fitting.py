@@ -41,14 +41,15 @@ class PromptFitter:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.strip_think = strip_think
+        # A fast HF tokenizer's Rust backend: the same ids and spans without the wrapper's conversions.
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
 
     def encode(self, text: str) -> list[int]:
         """`text`'s token ids, no special tokens. A fast HF tokenizer's own `encode` goes through its
         batch path (a thread pool handoff) and cost a short instruction as much as a whole prompt;
         its Rust backend gives the same ids directly (tests/unit/scoring/test_fitting.py)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            return backend.encode(text, add_special_tokens=False).ids
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def render(self, prompt: Prompt) -> list[int]:
@@ -59,9 +60,8 @@ class PromptFitter:
         token the caller would not read)."""
         text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
         text += prompt.answer_prefix
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:  # a fast HF tokenizer: the same ids and spans, without the wrapper's conversions
-            encoding = backend.encode(text, add_special_tokens=False)
+        if self._backend is not None:
+            encoding = self._backend.encode(text, add_special_tokens=False)
             return encoding.ids, text, encoding.offsets if offsets else []
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoded["input_ids"]), text, [tuple(o) for o in encoded["offset_mapping"]]
