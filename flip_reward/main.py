@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -42,8 +41,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = _client_request_id(scope) or os.urandom(16).hex()  # a uuid4's 32 hex digits, without its object
         scope.setdefault("state", {})["request_id"] = request_id
         request_id_var.set(request_id)
         status = 500
@@ -71,8 +69,15 @@ class RequestContextMiddleware:
             metrics.IN_FLIGHT.dec()
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(route=label, status=str(status)).inc()
-            metrics.REQUEST_LATENCY.labels(route=label).observe(time.perf_counter() - started)
+            metrics.series(metrics.REQUESTS, label, str(status)).inc()
+            metrics.series(metrics.REQUEST_LATENCY, label).observe(time.perf_counter() - started)
+
+
+def _client_request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode("latin-1")[:128]
+    return ""
 
 
 # After an engine failure the process exits (exit code 1) and the orchestrator starts a fresh one.

@@ -54,23 +54,24 @@ def to_result(
 
 def record_results(results: Sequence[ItemResult], method: str, route: str) -> None:
     """The reward-hacking monitor: reward and copied-fraction distributions and guard triggers."""
-    rewards = metrics.REWARDS.labels(method=method, route=route)  # looked up once per request
-    copied = metrics.COPIED_FRACTION.labels(method=method, route=route)
+    series = metrics.series
+    rewards = series(metrics.REWARDS, method, route)
+    copied = series(metrics.COPIED_FRACTION, method, route)
     for result in results:
         if result.error:
-            metrics.ITEM_ERRORS.labels(code=result.code or "engine_error", method=method, route=route).inc()
+            series(metrics.ITEM_ERRORS, result.code or "engine_error", method, route).inc()
             continue
         if result.reward is not None:
             rewards.observe(result.reward)
         if result.copied_fraction is not None:
             copied.observe(result.copied_fraction)
         if result.unscorable is not None:
-            metrics.UNSCORABLE.labels(reason=result.unscorable, method=method, route=route).inc()
+            series(metrics.UNSCORABLE, result.unscorable, method, route).inc()
         if result.copied_fraction:  # passages were deleted, whatever came of the rest
-            metrics.GUARD_TRIGGERS.labels(guard="copies_deleted", method=method, route=route).inc()
+            series(metrics.GUARD_TRIGGERS, "copies_deleted", method, route).inc()
         guard = guard_of(result)
         if guard in ("keyword_stuffing", "unscorable"):
-            metrics.GUARD_TRIGGERS.labels(guard=guard, method=method, route=route).inc()
+            series(metrics.GUARD_TRIGGERS, guard, method, route).inc()
 
 
 def fail_on_item_errors(results: Sequence[ItemResult], field_of: Callable[[int], str]) -> None:

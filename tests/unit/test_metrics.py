@@ -70,3 +70,12 @@ def test_every_label_combination_exists_at_zero_before_any_request():
         assert _sample("flip_requests_total", route=route, status=status) is not None
     assert set(metrics.METHODS) == {"generate", "likelihood", "judge"}
     assert set(metrics.UNSCORABLE_REASONS) == {"empty_response", "think_only", "all_copied"}
+
+
+def test_series_is_the_labelled_child_looked_up_once():
+    child = metrics.series(metrics.REWARDS, "likelihood", "/reward")
+    assert child is metrics.REWARDS.labels(method="likelihood", route="/reward")
+    assert metrics.series(metrics.REWARDS, "likelihood", "/reward") is child
+    before = _sample("flip_reward_count", method="likelihood", route="/reward") or 0.0
+    child.observe(0.5)
+    assert _sample("flip_reward_count", method="likelihood", route="/reward") == before + 1
