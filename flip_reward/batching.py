@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -150,6 +151,28 @@ class Ticket:
         return None if self.end is None else self.end - self.clock()
 
 
+class Admitted:
+    """Admission.admit's context: a class, not a generator-based contextmanager, since every
+    request enters one (a generator and its frame per request showed in the singles' profile)."""
+
+    __slots__ = ("_admission", "_deadline_s", "_n", "_ticket")
+
+    def __init__(self, admission: Admission, n: int, deadline_s: float | None) -> None:
+        self._admission, self._n, self._deadline_s = admission, n, deadline_s
+        self._ticket: Ticket | None = None
+
+    def __enter__(self) -> Ticket:
+        self._ticket = self._admission._enter(self._n, self._deadline_s)
+        return self._ticket
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # The items count until the block ends, however it ends; only a result counts as finished.
+        assert self._ticket is not None
+        self._admission._leave(self._ticket, finished=exc_type is None)
+
+
 class Admission:
     """Counts items accepted and not yet finished, and lets them start only while they can finish.
 
@@ -192,7 +215,7 @@ class Admission:
         self._busy_s = 0.0
         self._done = 0.0
         self._progress_at = self._last_change  # the last finish, or the engine's start from idle
-        self._admitted: set[Ticket] = set()
+        self._ends: list[float] = []  # the deadlines of the admitted requests that have one, sorted
         self._waiting: deque[Ticket] = deque()
         self._rechecker: asyncio.Task | None = None
 
@@ -236,40 +259,43 @@ class Admission:
                 f"{rate:.2f} items/s, past this request's deadline of {deadline_s:g} s",
                 retry_after_s=max(1, min(60, math.ceil(after - deadline_s))),
             )
-        # Requests in flight that can still finish in time must not be pushed past their deadline.
-        ends = (t.end for t in self._admitted if t.end is not None)
-        at_risk = [left for left in (end - now for end in ends) if before <= left < after]
-        if at_risk:
+        # Requests in flight that can still finish in time must not be pushed past their deadline:
+        # the first deadline at or past the work queued now, if it comes before the new work ends.
+        first = bisect.bisect_left(self._ends, now + before)
+        if first < len(self._ends) and self._ends[first] < now + after:
             return QueueFull(
                 n,
                 self.queued,
                 self.limit,
                 f"{n} more items would push a request in flight past its deadline "
-                f"({after:.0f} s of work queued at {rate:.2f} items/s, {min(at_risk):.0f} s left)",
+                f"({after:.0f} s of work queued at {rate:.2f} items/s, {self._ends[first] - now:.0f} s left)",
                 retry_after_s=max(1, min(60, math.ceil(min(n / rate, 60)))),
             )
         return None
 
-    @contextmanager
-    def admit(self, n: int, deadline_s: float | None = None) -> Iterator[Ticket]:
+    def admit(self, n: int, deadline_s: float | None = None) -> Admitted:
+        """`with admission.admit(n, deadline_s) as ticket:` the refusal (QueueFull) or the ticket."""
+        return Admitted(self, n, deadline_s)
+
+    def _enter(self, n: int, deadline_s: float | None) -> Ticket:
         refusal = self._refusal(n, deadline_s)
         if refusal is not None:
             raise refusal
         ticket = Ticket(n, None if deadline_s is None else self._clock() + deadline_s, self._clock)
-        self._admitted.add(ticket)
+        if ticket.end is not None:
+            bisect.insort(self._ends, ticket.end)
         self._set(self.queued + n)
-        finished = False
-        try:
-            yield ticket
-            finished = True
-        finally:
-            self._admitted.discard(ticket)
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-            if ticket.started:
-                self.started -= n
-            self._set(self.queued - n, finished=n if finished else 0)
-            self.recheck()  # room freed, and a new rate: waiting work may start, or be shed
+        return ticket
+
+    def _leave(self, ticket: Ticket, finished: bool) -> None:
+        if ticket.end is not None:
+            del self._ends[bisect.bisect_left(self._ends, ticket.end)]
+        if ticket.turn is not None and ticket in self._waiting:
+            self._waiting.remove(ticket)
+        if ticket.started:
+            self.started -= ticket.n
+        self._set(self.queued - ticket.n, finished=ticket.n if finished else 0)
+        self.recheck()  # room freed, and a new rate: waiting work may start, or be shed
 
     async def start(self, ticket: Ticket) -> None:
         """Returns when the ticket's work may go to the engine; raises Shed when it cannot finish."""
