@@ -30,16 +30,25 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+# Work that ends sooner is not watched: a watcher task costs a single request about 10 us of the
+# front's CPU (a tenth of what its HTTP costs, bench/front_floor.py), and a client that leaves such
+# work wastes at most this much engine time. Longer work is cancelled this long after a disconnect.
+WATCH_AFTER_S = 0.5
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T], watch_after_s: float = WATCH_AFTER_S) -> T:
     """The result of `work`; if the client disconnects first, `work` is cancelled (and awaited,
     so its engine requests are aborted before this returns) and ClientDisconnected is raised.
 
-    `work` runs in the caller's task and one watcher task cancels that task on a disconnect, the
-    way asyncio.timeout does; a second task for the work and asyncio.wait cost a single request
-    more than the rest of this module (bench/front_ceiling.py's profile)."""
+    `work` runs in the caller's task. From `watch_after_s` on, one watcher task waits for the
+    disconnect and cancels that task, the way asyncio.timeout does; a second task for the work and
+    asyncio.wait cost a single request more than the rest of this module (bench/front_ceiling.py's
+    profile)."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     disconnected = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal disconnected
@@ -47,7 +56,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         disconnected = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(watch_after_s, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -57,4 +70,6 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
             raise ClientDisconnected("the client disconnected") from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
