@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 JSON_TYPES = (b"application/json", b"application/json; charset=utf-8")
@@ -55,7 +56,7 @@ class FastLane:
         scope.update(route=route, endpoint=route.endpoint, path_params={})  # as the router sets them
         request = Request(scope, receive, send)
         try:
-            raw = await request.body()
+            raw = await _read_body(receive)
             try:
                 body = route.body_model.model_validate_json(raw)
             except ValidationError:
@@ -80,6 +81,18 @@ class FastLane:
             if cls in handlers:
                 return handlers[cls]
         return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The request body, as Request.body() reads it, without its async generator per request."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

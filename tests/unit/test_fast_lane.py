@@ -9,9 +9,10 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from flip_reward.api.errors import ApiError, install_error_handlers
-from flip_reward.api.json_route import FastLane, JsonBodyRoute
+from flip_reward.api.json_route import FastLane, JsonBodyRoute, _read_body
 from flip_reward.main import RequestContextMiddleware
 from tests.unit.test_api import ITEM
 
@@ -53,6 +54,25 @@ def test_a_json_post_is_served_by_the_lane(http):
     answer = http.post("/echo", json={"name": "a", "n": 3})
     assert answer.status_code == 200 and answer.json() == {"name": "a", "n": 3, "by_fastapi": False}
     assert answer.headers["x-request-id"]  # the middlewares outside the lane still run
+
+
+async def test_a_body_in_several_messages_is_read_whole_and_a_disconnect_ends_it():
+    def receiver(*messages: dict):
+        queue = list(messages)
+
+        async def receive() -> dict:
+            return queue.pop(0)
+
+        return receive
+
+    chunked = receiver(
+        {"type": "http.request", "body": b'{"name": ', "more_body": True},
+        {"type": "http.request", "body": b'"chunked"}', "more_body": False},
+    )
+    assert await _read_body(chunked) == b'{"name": "chunked"}'
+    gone = receiver({"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"})
+    with pytest.raises(ClientDisconnect):
+        await _read_body(gone)
 
 
 def test_another_content_type_goes_through_fastapi(http):

@@ -13,6 +13,13 @@ from flip_reward.engines.base import Engine, EngineUnavailable, Generation, Gene
 
 async def gather(calls: list[Awaitable[Any]]) -> list[Any]:
     """Await engine calls together; a dead engine fails the whole batch, other errors stay per item."""
+    if len(calls) == 1:  # a single item: awaited in this task, without a task of its own (a single's cost)
+        try:
+            return [await calls[0]]
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            return [exc]
     outputs = await asyncio.gather(*calls, return_exceptions=True)
     for out in outputs:
         if isinstance(out, EngineUnavailable):
