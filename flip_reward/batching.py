@@ -3,6 +3,8 @@
 - MicroBatcher: callers submit a few items each; one worker gathers what arrives within a short
   window (or until a batch is full) and runs one call for all of it. Used for embeddings, so
   that 64 concurrent single /reward requests are encoded in one model call, not 64.
+- SameRound: small CPU jobs submitted during one round of the event loop run back to back right
+  after it, so that the data they share stays in the CPU's caches.
 - Admission: a counter of items accepted and not yet finished; past the bound, or when the work
   queued (the new items included) cannot finish before the new request's deadline or would push
   a request in flight past its own, new work is refused at once (the routes turn that into 429)
@@ -120,6 +122,43 @@ class MicroBatcher(Generic[T, R]):
             except (asyncio.CancelledError, Exception):
                 pass
             self._worker = None
+
+
+class SameRound(Generic[R]):
+    """`await same_round.run(job)` is `job()`, run in the event loop's thread together with every
+    job submitted in the same round of the loop, back to back, in order, at the start of the next
+    round.
+
+    For the Scorer's small CPU jobs (copy guard, prompt building, tokenization): 64 concurrent single
+    requests each ran its own between its HTTP work and the other requests', and the tokenizer's and
+    the guards' data left the CPU's caches in between; run back to back, the same jobs took about 8%
+    less CPU per item (bench/front_ceiling.py, singles at c64: 0.84x of a batch's rewards/s before,
+    0.90x after). The loop's other work waits no longer than before: a round already runs every
+    callback that is due in it before it polls for I/O. A job whose caller has gone is skipped."""
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[Callable[[], R], asyncio.Future[R]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, job: Callable[[], R]) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests run several): jobs left on a closed one are void
+            self._jobs, self._loop = [], loop
+        future: asyncio.Future[R] = loop.create_future()
+        self._jobs.append((job, future))
+        if len(self._jobs) == 1:
+            loop.call_soon(self._run_all)
+        return future
+
+    def _run_all(self) -> None:
+        jobs, self._jobs = self._jobs, []
+        for job, future in jobs:
+            if future.done():  # its caller was cancelled
+                continue
+            try:
+                future.set_result(job())
+            except Exception as exc:  # that caller's error, not the others'
+                future.set_exception(exc)
 
 
 class QueueFull(Exception):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flip_reward import metrics
-from flip_reward.batching import MicroBatcher
+from flip_reward.batching import MicroBatcher, SameRound
 from flip_reward.config import Settings
 from flip_reward.embeddings.encoder import EmbeddingEncoder
 from flip_reward.engines.base import Engine
@@ -102,8 +102,10 @@ class Scorer:
     CPU_BATCH_REQUESTS = 64
     # Work up to this many characters of text runs in the event loop itself (about a millisecond
     # of CPU, like parsing the request's JSON there): the thread hop costs a single more than it
-    # saves (bench/front_ceiling.py: 64 concurrent singles 1.08x, 1 at a time 1.5x the rewards/s).
-    # Larger work goes to the thread, so a batch never stalls the loop (health checks, other requests).
+    # saves (bench/front_ceiling.py: 64 concurrent singles 1.08x, 1 at a time 1.5x the rewards/s),
+    # and the work of the requests that arrive in the same round of the loop runs back to back
+    # (SameRound). Larger work goes to the thread, so a batch never stalls the loop (health checks,
+    # other requests).
     INLINE_CHARS = 8192
 
     def __init__(
@@ -125,6 +127,7 @@ class Scorer:
         self._cpu: MicroBatcher[Callable[[], Any], Any] = MicroBatcher(
             self._in_thread, self.CPU_BATCH_REQUESTS, max_wait_s=0.0
         )
+        self._in_loop: SameRound[list[_Ready]] = SameRound()
 
     def apply_copy_guard(self, item: ScoreItem) -> tuple[ScoreItem, float]:
         return apply_copy_guard(item, self.fitter, self.settings.copy_guard_words)
@@ -152,7 +155,7 @@ class Scorer:
             return [self._ready(item, options) for item in items]
 
         if sum(_text_chars(item) for item in items) <= self.INLINE_CHARS:
-            ready = prepare()
+            ready = await self._in_loop.run(prepare)
         else:
             (ready,) = await self._cpu.submit([prepare])
             if isinstance(ready, Exception):

@@ -1,10 +1,10 @@
-"""MicroBatcher and Admission (flip_reward/batching.py): pure asyncio logic."""
+"""MicroBatcher, SameRound and Admission (flip_reward/batching.py): pure asyncio logic."""
 
 import asyncio
 
 import pytest
 
-from flip_reward.batching import Admission, MicroBatcher, QueueFull, Shed
+from flip_reward.batching import Admission, MicroBatcher, QueueFull, SameRound, Shed
 
 
 class Recorder:
@@ -65,6 +65,68 @@ async def test_a_cancelled_caller_does_not_disturb_the_others():
     doomed.cancel()
     assert await kept == [20]
     await batcher.close()
+
+
+async def test_jobs_of_one_round_run_back_to_back_in_order():
+    same_round: SameRound[int] = SameRound()
+    ran: list[str] = []
+
+    def job(i: int):
+        def run() -> int:
+            ran.append(f"job {i}")
+            return i * 10
+
+        return run
+
+    async def caller(i: int) -> int:
+        return await same_round.run(job(i))
+
+    async def other() -> None:  # a task that is ready in the same round
+        ran.append("other")
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(3)] + [asyncio.create_task(other())]
+    results = await asyncio.gather(*tasks)
+    assert results[:3] == [0, 10, 20]
+    # The callers' round submitted all three; they ran together, after that round's other work.
+    assert ran == ["other", "job 0", "job 1", "job 2"]
+
+
+async def test_a_failing_job_fails_only_its_caller():
+    same_round: SameRound[int] = SameRound()
+
+    def boom() -> int:
+        raise ValueError("boom")
+
+    results = await asyncio.gather(
+        same_round.run(lambda: 1), same_round.run(boom), same_round.run(lambda: 3), return_exceptions=True
+    )
+    assert results[0] == 1 and isinstance(results[1], ValueError) and results[2] == 3
+
+
+async def test_the_job_of_a_caller_that_left_is_skipped():
+    same_round: SameRound[int] = SameRound()
+    ran: list[int] = []
+    gone = same_round.run(lambda: ran.append(1) or 1)
+    kept = same_round.run(lambda: ran.append(2) or 2)
+    gone.cancel()
+    assert await kept == 2 and ran == [2]
+
+
+def test_same_round_works_on_each_new_event_loop():
+    same_round: SameRound[int] = SameRound()
+    loop = asyncio.new_event_loop()
+
+    async def abandon() -> None:
+        same_round.run(lambda: 1)
+        loop.stop()  # the loop stops before the round that would run the job, and is closed
+
+    loop.run_until_complete(abandon())
+    loop.close()
+
+    async def use() -> int:
+        return await asyncio.wait_for(same_round.run(lambda: 2), 5)
+
+    assert asyncio.run(use()) == 2
 
 
 def test_admission_bounds_and_releases_on_any_exit():
