@@ -138,7 +138,8 @@ def create_app(
         log_bodies=settings.log_bodies,
     )
     keys, public = load_api_keys(settings), open_paths(settings)
-    app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=public)
+    if keys:  # without keys the service is open: no layer to pass through on every request
+        app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=public)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(reward.router)
