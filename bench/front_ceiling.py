@@ -222,6 +222,12 @@ def run_all(configs: list[tuple[str, str, int]], methods: list[str], pairs: list
     configs' order reversed every other round so that the machine's drift hits them alike. Each
     front process sees items it has not seen (its caches only help as in training)."""
     sizes = {"warm-up": WARM_UP, "batch": args.items, "c64": args.items, "c8": args.items // 2, "c1": args.items // 8}
+    if sum(sizes.values()) > len(pairs):  # a phase would get items the front already scored (its caches hit)
+        most = (len(pairs) - WARM_UP) * 8 // 21
+        raise SystemExit(
+            f"--items {args.items}: one front's phases need {sum(sizes.values())} items, there are "
+            f"{len(pairs)}; use --items {most} or fewer"
+        )
     totals: dict = {}
     start = 0
     for r in range(args.rounds):
