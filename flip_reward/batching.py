@@ -131,10 +131,11 @@ class SameRound(Generic[R]):
 
     For the Scorer's small CPU jobs (copy guard, prompt building, tokenization): 64 concurrent single
     requests each ran its own between its HTTP work and the other requests', and the tokenizer's and
-    the guards' data left the CPU's caches in between; run back to back, the same jobs took about 8%
-    less CPU per item (bench/front_ceiling.py, singles at c64: 0.84x of a batch's rewards/s before,
-    0.90x after). The loop's other work waits no longer than before: a round already runs every
-    callback that is due in it before it polls for I/O. A job whose caller has gone is skipped."""
+    the guards' data left the CPU's caches in between (callgrind: 3% more instructions per item than
+    a batch, 13-17% more time). Run back to back, 64 concurrent singles took 5% less front CPU per
+    item, 0.90x of a batch's rewards/s instead of 0.84x (docs/results/benchmarks.md, 2026-12-05).
+    The loop's other work waits no longer than before: a round already runs every callback that is
+    due in it before it polls for I/O. A job whose caller has gone is skipped."""
 
     def __init__(self) -> None:
         self._jobs: list[tuple[Callable[[], R], asyncio.Future[R]]] = []
