@@ -263,7 +263,7 @@ class RemoteEngine(Engine):
                 except httpx.TransportError as exc:  # connection refused, reset, timeout
                     last_problem = f"{backend.url}: {type(exc).__name__}"
                     backend.mark_failed(last_problem)
-                    metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome="transport_error").inc()
+                    metrics.series(metrics.REMOTE_REQUESTS, backend.url, "transport_error").inc()
                     log.warning(
                         "remote server failed (%s); cooling it down for %.1f s",
                         last_problem,
@@ -271,7 +271,7 @@ class RemoteEngine(Engine):
                     )
                     continue
                 self.note_progress()
-                metrics.REMOTE_REQUESTS.labels(url=backend.url, outcome=f"http_{response.status_code}").inc()
+                metrics.series(metrics.REMOTE_REQUESTS, backend.url, f"http_{response.status_code}").inc()
                 if response.status_code in _RETRY_STATUSES:
                     last_problem = f"{backend.url}: HTTP {response.status_code}"
                     backend.mark_failed(last_problem)
