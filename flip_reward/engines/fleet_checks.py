@@ -17,6 +17,9 @@ from flip_reward.engines.prompt_logprobs import layout
 log = logging.getLogger(__name__)
 
 GENERATE_PATH = "/inference/v1/generate"
+# vLLM's 400 for a reply holding NaN: json refuses it, and vLLM answers a ValueError with 400
+# (vllm/entrypoints/serve/exception_handling/register.py:36, vLLM 0.32.0).
+NAN_REFUSAL = "not JSON compliant"
 PromptLogprobsEndpoint = Literal["generate", "completions"]
 
 
@@ -157,21 +160,28 @@ _RUNNER_PROBE = " ".join(["The quick brown fox jumps over the lazy dog near the 
 
 def probe_runtime(http: httpx.Client, url: str, model: str, tokenizer: Any) -> dict[str, Any]:
     """What can be learnt of a server's vLLM from outside: its version (/version) and which model
-    runner lays out its prompt logprobs. The same probe is sent again through the cache-reading
-    endpoint until it is found cached: the V1 runner then returns an entry per prompt position
-    (its unwritten rows may even hold NaN, which vLLM refuses to serialize: a 400, skipped), the V2
-    runner only the positions it computed (flip_reward/engines/prompt_logprobs.py). Unknown stays None
-    (a Service spreading the probes over pods, no prefix cache): the engine reads either layout."""
+    runner lays out its prompt logprobs. The same probe is sent through the cache-reading endpoint
+    until it is found cached: the V1 runner then returns an entry per prompt position, the V2 runner
+    only the positions it computed (flip_reward/engines/prompt_logprobs.py). The V1 runner's
+    unwritten rows may hold NaN, which vLLM refuses to serialize (a 400); when the same probe then
+    succeeds without the cache, the NaN came from positions it did not compute: V1 too. Unknown
+    stays None (a Service spreading the probes over pods, no prefix cache): the engine reads either
+    layout."""
     info: dict[str, Any] = {"vllm_version": None, "model_runner": None}
+    base = url.rstrip("/")
     try:
-        info["vllm_version"] = http.get(url.rstrip("/") + "/version").json().get("version")
+        info["vllm_version"] = http.get(base + "/version").json().get("version")
     except (httpx.HTTPError, ValueError, AttributeError):
         pass
     ids = tokenizer.encode(_RUNNER_PROBE, add_special_tokens=False)
-    payload = prompt_logprobs_payload(model, ids, read_cache=True)
-    for _ in range(4):  # the first fills the cache; a reply whose garbage vLLM cannot serialize is skipped
+    for _ in range(4):  # the first may only fill the cache
         try:
-            response = http.post(url.rstrip("/") + GENERATE_PATH, json=payload)
+            response = http.post(base + GENERATE_PATH, json=prompt_logprobs_payload(model, ids, read_cache=True))
+            if response.status_code == 400 and NAN_REFUSAL in response.text:
+                uncached = http.post(base + GENERATE_PATH, json=prompt_logprobs_payload(model, ids, read_cache=False))
+                if uncached.status_code == 200:
+                    info["model_runner"] = "V1"
+                    break
         except httpx.HTTPError:
             return info
         if response.status_code != 200:

@@ -38,6 +38,7 @@ from flip_reward.engines.base import Engine, EngineUnavailable, Generation, Gene
 from flip_reward.engines.fleet import Backend, Connections, choose_backend, prefix_block_hashes, resolve_addresses
 from flip_reward.engines.fleet_checks import (
     GENERATE_PATH,
+    NAN_REFUSAL,
     PromptLogprobsEndpoint,
     check_fleet,
     probe_runtime,
@@ -335,7 +336,7 @@ class RemoteEngine(Engine):
             except RemoteRequestError as exc:
                 # The V1 runner's unwritten slots of cached positions may hold NaN, which vLLM then
                 # refuses to serialize (400 "Out of range float values are not JSON compliant").
-                if "JSON compliant" not in str(exc):
+                if NAN_REFUSAL not in str(exc):
                     raise
             else:
                 if cached < scored_from:

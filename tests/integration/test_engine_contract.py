@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from flip_reward.config import Settings
+from flip_reward.engines.fleet_checks import GENERATE_PATH, NAN_REFUSAL
 from tests.engine_contract import check_engine_contract
 
 pytestmark = pytest.mark.integration
@@ -120,7 +121,8 @@ async def test_remote_engine_keeps_the_contract(fleet):
 
 class V2Proxy:
     """In front of one `vllm serve`: every prompt_logprobs list in a reply is reshaped as a server on
-    the V2 runner sends it (its cached-token count read from the reply's usage); the rest passes."""
+    the V2 runner sends it (its cached-token count read from the reply's usage); the rest passes. A
+    400 for NaN in the rows the V1 runner left unwritten becomes the V2 runner's reply."""
 
     def __init__(self, upstream: str, api_key: str) -> None:
         from starlette.applications import Starlette
@@ -134,16 +136,37 @@ class V2Proxy:
         client = httpx.AsyncClient(base_url=upstream, headers={"Authorization": f"Bearer {api_key}"}, timeout=300)
 
         async def forward(request):
+            content = await request.body()
             reply = await client.request(
-                request.method, request.url.path, content=await request.body(),
+                request.method, request.url.path, content=content,
                 headers={"content-type": request.headers.get("content-type", "application/json")},
             )  # fmt: skip
-            if reply.status_code == 200 and request.url.path in ("/inference/v1/generate", "/v1/completions"):
+            if reply.status_code == 400 and NAN_REFUSAL in reply.text and request.url.path == GENERATE_PATH:
+                # NaN in the rows the V1 runner did not compute: a V2 server never sends those rows
+                return Response(
+                    json.dumps(await tail_computed(json.loads(content))), 200, media_type="application/json"
+                )
+            if reply.status_code == 200 and request.url.path in (GENERATE_PATH, "/v1/completions"):
                 body = reply.json()
                 cached = ((body.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
                 self.reshaped += bool(cached)
                 return Response(json.dumps(as_v2_json(body, cached)), 200, media_type="application/json")
             return Response(reply.content, reply.status_code, media_type=reply.headers.get("content-type"))
+
+        async def tail_computed(sent: dict) -> dict:
+            """The V2 reply to a cache-reading request: the same request's cached count (asked again
+            without prompt logprobs), and the positions after it, computed without the cache."""
+            sampling = sent["sampling_params"]
+            counting = {k: v for k, v in sampling.items() if k != "prompt_logprobs"}
+            counted = await client.post(GENERATE_PATH, json={**sent, "sampling_params": counting})
+            whole = await client.post(
+                GENERATE_PATH, json={**sent, "sampling_params": {**sampling, "skip_reading_prefix_cache": True}}
+            )
+            cached = counted.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            body = whole.json()
+            body["usage"]["prompt_tokens_details"]["cached_tokens"] = cached
+            self.reshaped += bool(cached)
+            return as_v2_json(body, cached)
 
         self.server = ThreadServer(Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])]))
         self.url = self.server.url

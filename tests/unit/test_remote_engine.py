@@ -17,7 +17,13 @@ from flip_reward.config import Settings
 from flip_reward.engines import openai_remote
 from flip_reward.engines.base import EngineUnavailable, GenerationParams
 from flip_reward.engines.fleet import prefix_block_hashes
-from flip_reward.engines.fleet_checks import FleetMismatch, check_tokenizer, choose_model, discover_models
+from flip_reward.engines.fleet_checks import (
+    FleetMismatch,
+    check_tokenizer,
+    choose_model,
+    discover_models,
+    probe_runtime,
+)
 from flip_reward.engines.openai_remote import RemoteEngine, RemoteRequestError
 from flip_reward.engines.prompt_logprobs import UnreadablePromptLogprobs
 from flip_reward.engines.watchdog import watch
@@ -555,3 +561,50 @@ async def test_garbage_in_cached_slots_that_vllm_cannot_serialize_runs_again_wit
     other = Script({"a": [(400, {"error": {"message": "prompt too long"}})]})
     with pytest.raises(RemoteRequestError, match="too long"):
         await engine(other, urls=["http://a"], prompt_logprobs_endpoint="generate").prompt_logprobs(ids, 6)
+
+
+def _probe_server(cached_reply):
+    """A vLLM server for probe_runtime: /version, and /inference/v1/generate answering a request
+    that may read the prefix cache with `cached_reply(ids)` and one that may not with all positions."""
+    sent: list[bool] = []
+
+    def handler(request):
+        if request.url.path == "/version":
+            return httpx.Response(200, json={"version": "0.32.0"})
+        body = json.loads(request.content)
+        reads_cache = not body["sampling_params"]["skip_reading_prefix_cache"]
+        sent.append(reads_cache)
+        if reads_cache:
+            return cached_reply(body["token_ids"])
+        return httpx.Response(200, json=generated(body["token_ids"], cached=0))
+
+    return handler, sent
+
+
+def test_probe_runtime_tells_the_runners_apart_by_the_layout_of_a_cached_reply():
+    for reply, runner in ((generated, "V1"), (generated_v2, "V2")):
+        handler, sent = _probe_server(lambda ids, reply=reply: httpx.Response(200, json=reply(ids, cached=32)))
+        info = probe_runtime(_http(handler), "http://u", "m", WordTokenizer())
+        assert info == {"vllm_version": "0.32.0", "model_runner": runner}
+        assert sent == [True]
+
+
+def test_probe_runtime_reads_vllms_nan_refusal_of_a_cached_reply_as_the_v1_layout():
+    """Seen in CI against vllm serve on the CPU: once the probe was cached, every cache-reading probe
+    got 400 (NaN in the V1 runner's unwritten rows) while the same prompt without the cache got 200."""
+    nan = {"error": {"message": "Out of range float values are not JSON compliant", "code": 400}}
+    handler, sent = _probe_server(lambda ids: httpx.Response(400, json=nan))
+    assert probe_runtime(_http(handler), "http://u", "m", WordTokenizer())["model_runner"] == "V1"
+    assert sent == [True, False]
+    # a 400 for another reason, or a refusal without the cache too, proves nothing: unknown
+    handler, sent = _probe_server(lambda ids: httpx.Response(400, json={"error": {"message": "prompt too long"}}))
+    assert probe_runtime(_http(handler), "http://u", "m", WordTokenizer())["model_runner"] is None
+    assert sent == [True] * 4
+
+    def refuses_all(request):
+        return httpx.Response(400, json=nan) if request.url.path != "/version" else httpx.Response(404)
+
+    assert probe_runtime(_http(refuses_all), "http://u", "m", WordTokenizer()) == {
+        "vllm_version": None,
+        "model_runner": None,
+    }
