@@ -174,14 +174,14 @@ def probe_runtime(http: httpx.Client, url: str, model: str, tokenizer: Any) -> d
     except (httpx.HTTPError, ValueError, AttributeError):
         pass
     ids = tokenizer.encode(_RUNNER_PROBE, add_special_tokens=False)
+    cache_read, computed = (prompt_logprobs_payload(model, ids, read_cache=flag) for flag in (True, False))
     for _ in range(4):  # the first may only fill the cache
         try:
-            response = http.post(base + GENERATE_PATH, json=prompt_logprobs_payload(model, ids, read_cache=True))
-            if response.status_code == 400 and NAN_REFUSAL in response.text:
-                uncached = http.post(base + GENERATE_PATH, json=prompt_logprobs_payload(model, ids, read_cache=False))
-                if uncached.status_code == 200:
-                    info["model_runner"] = "V1"
-                    break
+            response = http.post(base + GENERATE_PATH, json=cache_read)
+            nan_refused = response.status_code == 400 and NAN_REFUSAL in response.text
+            if nan_refused and http.post(base + GENERATE_PATH, json=computed).status_code == 200:
+                info["model_runner"] = "V1"
+                break
         except httpx.HTTPError:
             return info
         if response.status_code != 200:
